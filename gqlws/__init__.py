@@ -1,0 +1,28 @@
+"""gqlws: GraphQL over WebSocket for Django Channels, with Graphene-like subscriptions.
+
+A drop-in replacement for django-channels-graphql-ws: code written for it runs
+after ``import gqlws as channels_graphql_ws``.
+"""
+
+from __future__ import annotations
+
+from .consumer import GraphqlWsConsumer
+from .context import DictAsObject, OperationContext, ScopeAsContext
+from .protocol import GRAPHQL_TRANSPORT_WS, GRAPHQL_WS, CloseCode
+
+__all__ = [
+    "GRAPHQL_TRANSPORT_WS",
+    "GRAPHQL_WS",
+    "CloseCode",
+    "DictAsObject",
+    "GraphqlWsClient",
+    "GraphqlWsConsumer",
+    "GraphqlWsResponseError",
+    "GraphqlWsTransport",
+    "GraphqlWsTransportAiohttp",
+    "OperationContext",
+    "ScopeAsContext",
+    "testing",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,69 @@
+"""Bookkeeping of a connection's running work: operations and background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Operation", "TaskGroup"]
+
+
+@dataclass(eq=False)
+class Operation:
+    """One client operation (query, mutation or subscription) by its id.
+
+    A stopped operation stays inactive for good: its task may still be
+    finishing in a thread, and whatever it produces is dropped. The id itself
+    may be reused by the client for a new ``Operation`` at once.
+    """
+
+    op_id: str
+    payload: dict[str, Any]
+    task: asyncio.Task[Any] | None = None
+    active: bool = field(default=True)
+
+    def cancel(self) -> None:
+        self.active = False
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+class TaskGroup:
+    """Background tasks of one connection.
+
+    Every task gets a done-callback that retrieves its exception (logged,
+    never lost), and ``cancel_all`` cancels then awaits them all, so that no
+    task outlives its connection.
+    """
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self._log.error("Background task %r failed", task.get_name(), exc_info=error)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def cancel_all(self) -> None:
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if task is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

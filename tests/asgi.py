@@ -1,0 +1,26 @@
+"""ASGI application of the test project: one path per consumer variant."""
+
+from __future__ import annotations
+
+import os
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+django.setup()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from tests import schema  # noqa: E402
+
+websocket_routes = URLRouter(
+    [
+        path("graphql/", schema.Consumer.as_asgi()),
+        path("graphql-strict/", schema.StrictConsumer.as_asgi()),
+        path("graphql-keepalive/", schema.KeepaliveConsumer.as_asgi()),
+        path("graphql-middleware/", schema.MiddlewareConsumer.as_asgi()),
+    ]
+)
+
+application = ProtocolTypeRouter({"websocket": websocket_routes})

@@ -1,0 +1,136 @@
+"""The schema and consumers the protocol tests run against."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import graphene
+
+import gqlws
+
+#: Order in which ``record`` mutations ran, to check strict ordering.
+RECORDED: list[str] = []
+
+
+class Query(graphene.ObjectType):
+    hello = graphene.String(name=graphene.String(default_value="world"))
+    async_hello = graphene.String(name=graphene.String(default_value="world"))
+    sleep = graphene.String(seconds=graphene.Float(required=True), tag=graphene.String())
+    async_sleep = graphene.String(seconds=graphene.Float(required=True), tag=graphene.String())
+    thread_name = graphene.String()
+    loop_thread_name = graphene.String()
+    context_value = graphene.String(key=graphene.String(required=True))
+    fail = graphene.String()
+    operation_id = graphene.String()
+
+    @staticmethod
+    def resolve_hello(root: Any, info: Any, name: str) -> str:
+        return f"Hello, {name}!"
+
+    @staticmethod
+    async def resolve_async_hello(root: Any, info: Any, name: str) -> str:
+        await asyncio.sleep(0)
+        return f"Hello, {name}!"
+
+    @staticmethod
+    def resolve_sleep(root: Any, info: Any, seconds: float, tag: str | None = None) -> str:
+        time.sleep(seconds)
+        if tag:
+            RECORDED.append(tag)
+        return tag or "slept"
+
+    @staticmethod
+    async def resolve_async_sleep(
+        root: Any, info: Any, seconds: float, tag: str | None = None
+    ) -> str:
+        await asyncio.sleep(seconds)
+        if tag:
+            RECORDED.append(tag)
+        return tag or "slept"
+
+    @staticmethod
+    def resolve_thread_name(root: Any, info: Any) -> str:
+        return threading.current_thread().name
+
+    @staticmethod
+    async def resolve_loop_thread_name(root: Any, info: Any) -> str:
+        return threading.current_thread().name
+
+    @staticmethod
+    def resolve_context_value(root: Any, info: Any, key: str) -> str | None:
+        value = info.context.get(key)
+        return None if value is None else str(value)
+
+    @staticmethod
+    def resolve_fail(root: Any, info: Any) -> str:
+        raise RuntimeError("Resolver failed on purpose")
+
+    @staticmethod
+    def resolve_operation_id(root: Any, info: Any) -> str | None:
+        return info.context.graphql_operation_id
+
+
+class SetContext(graphene.Mutation):
+    class Arguments:
+        key = graphene.String(required=True)
+        value = graphene.String(required=True)
+
+    ok = graphene.Boolean()
+
+    @staticmethod
+    def mutate(root: Any, info: Any, key: str, value: str) -> SetContext:
+        setattr(info.context, key, value)
+        assert info.context[key] == value
+        return SetContext(ok=True)
+
+
+class Mutation(graphene.ObjectType):
+    set_context = SetContext.Field()
+
+
+schema = graphene.Schema(query=Query, mutation=Mutation)
+
+
+class Consumer(gqlws.GraphqlWsConsumer):
+    schema = schema
+    connection_init_wait_timeout = 2.0
+
+    async def on_connect(self, payload: Any) -> Any:
+        if isinstance(payload, dict) and payload.get("reject"):
+            raise PermissionError("Rejected on request")
+        if isinstance(payload, dict) and payload.get("ack"):
+            return {"greeting": payload["ack"]}
+        return None
+
+
+class StrictConsumer(Consumer):
+    strict_ordering = True
+
+
+class KeepaliveConsumer(Consumer):
+    send_keepalive_every = 0.2
+
+
+def tag_middleware(next_: Any, root: Any, info: Any, **args: Any) -> Any:
+    """Sync middleware: upper-cases the ``hello`` field."""
+    result = next_(root, info, **args)
+    if info.field_name == "hello" and isinstance(result, str):
+        return result.upper()
+    return result
+
+
+async def async_middleware(next_: Any, root: Any, info: Any, **args: Any) -> Any:
+    """Async middleware: appends '!' to ``hello`` and ``asyncHello``."""
+    result = next_(root, info, **args)
+    if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+        result = await result
+    if info.field_name in ("hello", "asyncHello") and isinstance(result, str):
+        return result + "?"
+    return result
+
+
+class MiddlewareConsumer(Consumer):
+    middleware = [tag_middleware, async_middleware]

@@ -1,0 +1,33 @@
+"""Django settings of the test project (also served by the Daphne test processes)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+SECRET_KEY = "gqlws-tests-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.sessions",
+    "channels",
+]
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get(
+            "GQLWS_TEST_DB", os.path.join(tempfile.gettempdir(), f"gqlws-tests-{os.getpid()}.db")
+        ),
+    }
+}
+ASGI_APPLICATION = "tests.asgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"gqlws": {"handlers": ["console"], "level": "WARNING"}},
+}
