@@ -22,7 +22,5 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "example.urls"
 ASGI_APPLICATION = "example.asgi.application"
-DATABASES = {
-    "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}
-}
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"

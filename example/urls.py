@@ -8,8 +8,8 @@ from django.urls import path
 
 def index(request: HttpRequest) -> HttpResponse:
     return HttpResponse(
-        "gqlws example: GraphQL over WebSocket at ws://{host}/graphql/ "
-        "(subprotocols graphql-transport-ws and graphql-ws).\n".format(host=request.get_host()),
+        f"gqlws example: GraphQL over WebSocket at ws://{request.get_host()}/graphql/ "
+        "(subprotocols graphql-transport-ws and graphql-ws).\n",
         content_type="text/plain",
     )
 

@@ -6,9 +6,13 @@ after ``import gqlws as channels_graphql_ws``.
 
 from __future__ import annotations
 
+from . import testing
+from .aiohttp_transport import GraphqlWsTransportAiohttp
+from .client import GraphqlWsClient, GraphqlWsResponseError
 from .consumer import GraphqlWsConsumer
 from .context import DictAsObject, OperationContext, ScopeAsContext
 from .protocol import GRAPHQL_TRANSPORT_WS, GRAPHQL_WS, CloseCode
+from .transport import GraphqlWsTransport
 
 __all__ = [
     "GRAPHQL_TRANSPORT_WS",

@@ -132,15 +132,17 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         session = protocol.negotiate(self.scope.get("subprotocols") or [])
         if session is None:
-            # Accept first so that the close code and its reason reach the client;
-            # a refused handshake would only tell it "403".
+            # Accept, explain, then close: a refused handshake would only tell
+            # the client "403", and some servers (Daphne) drop close reasons, so
+            # the reason also goes out as one text frame.
             offered = ", ".join(self.scope.get("subprotocols") or []) or "none"
-            await self.accept()
-            await self._close(
-                protocol.CloseCode.SUBPROTOCOL_NOT_ACCEPTABLE,
+            reason = (
                 f"Subprotocol not acceptable: offered {offered}; "
-                f"expected {' or '.join(protocol.SUPPORTED_SUBPROTOCOLS)}",
+                f"expected {' or '.join(protocol.SUPPORTED_SUBPROTOCOLS)}"
             )
+            await self.accept()
+            await self._send_message({"type": "error", "payload": {"message": reason}})
+            await self._close(protocol.CloseCode.SUBPROTOCOL_NOT_ACCEPTABLE, reason)
             return
         self._session = session
         await self.accept(session.subprotocol)

@@ -20,6 +20,8 @@ websocket_routes = URLRouter(
         path("graphql-strict/", schema.StrictConsumer.as_asgi()),
         path("graphql-keepalive/", schema.KeepaliveConsumer.as_asgi()),
         path("graphql-middleware/", schema.MiddlewareConsumer.as_asgi()),
+        path("graphql-broken/", schema.BrokenConsumer.as_asgi()),
+        path("graphql-manager/", schema.ManagerMiddlewareConsumer.as_asgi()),
     ]
 )
 

@@ -1,10 +1,85 @@
-"""Test set-up: Django settings, and servers the protocol suite runs against."""
+"""Test set-up: Django settings, and the servers the protocol suite runs against.
+
+The ``connect`` fixture is parametrized over two ways of reaching the same
+consumers: in-process through Channels' ``WebsocketCommunicator``
+(``gqlws.testing.GraphqlWsTransport``) and over a real socket to a Daphne
+process with the aiohttp client transport. Tests that take it run twice.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 
-import django
+import pytest
 
+_TMP = tempfile.mkdtemp(prefix="gqlws-tests-")
+atexit.register(shutil.rmtree, _TMP, True)
+os.environ.setdefault("GQLWS_TEST_DB", os.path.join(_TMP, "db.sqlite3"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+import django  # noqa: E402
+
 django.setup()
+
+from gqlws import GraphqlWsTransportAiohttp  # noqa: E402
+from gqlws import testing as gqlws_testing  # noqa: E402
+from gqlws.transport import DEFAULT_SUBPROTOCOLS, GraphqlWsTransport  # noqa: E402
+from tests import processes  # noqa: E402
+
+Connect = Callable[..., Awaitable[GraphqlWsTransport]]
+
+
+@pytest.fixture(scope="session")
+def daphne_server() -> Iterator[processes.ServerProcess]:
+    """One Daphne process serving ``tests.asgi:application`` for the whole run."""
+    log_dir = Path(_TMP)
+    env = processes.test_env(GQLWS_TEST_DB=os.environ["GQLWS_TEST_DB"])
+    with processes.daphne("tests.asgi:application", log_dir, env=env) as server:
+        yield server
+
+
+@pytest.fixture(params=["communicator", "daphne"])
+async def connect(request: pytest.FixtureRequest) -> AsyncIterator[Connect]:
+    """``await connect(path, subprotocols)``: a connected transport to a test consumer."""
+    opened: list[GraphqlWsTransport] = []
+    server = request.getfixturevalue("daphne_server") if request.param == "daphne" else None
+
+    async def _connect(
+        path: str = "graphql/", subprotocols: Sequence[str] = DEFAULT_SUBPROTOCOLS
+    ) -> GraphqlWsTransport:
+        transport: GraphqlWsTransport
+        if server is None:
+            from tests.asgi import application
+
+            transport = gqlws_testing.GraphqlWsTransport(
+                application, path, subprotocols=subprotocols
+            )
+        else:
+            url = f"ws://127.0.0.1:{server.port}/{path}"
+            transport = GraphqlWsTransportAiohttp(url, subprotocols=subprotocols)
+        transport.TIMEOUT = 10.0
+        # Daphne (4.2) drops the reason of a close frame; only the code crosses.
+        transport.keeps_close_reason = server is None  # type: ignore[attr-defined]
+        opened.append(transport)
+        await transport.connect()
+        return transport
+
+    yield _connect
+    for transport in opened:
+        await transport.disconnect()
+
+
+async def closed_with(transport: GraphqlWsTransport) -> tuple[int | None, str | None]:
+    """Read until the server closes; its code, and its reason where the server keeps it."""
+    from gqlws.transport import GraphqlWsConnectionClosed
+
+    with pytest.raises(GraphqlWsConnectionClosed) as closed:
+        for _ in range(10):
+            await transport.receive(timeout=5)
+    keeps_reason = getattr(transport, "keeps_close_reason", True)
+    return closed.value.code, closed.value.reason if keeps_reason else None

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import graphene
+import graphql
 
 import gqlws
 
@@ -115,11 +116,14 @@ class KeepaliveConsumer(Consumer):
 
 
 def tag_middleware(next_: Any, root: Any, info: Any, **args: Any) -> Any:
-    """Sync middleware: upper-cases the ``hello`` field."""
-    result = next_(root, info, **args)
-    if info.field_name == "hello" and isinstance(result, str):
-        return result.upper()
-    return result
+    """Sync middleware: upper-cases the ``name`` argument of every field taking one.
+
+    It works on arguments, not results: under an async middleware, what
+    ``next_`` returns may be awaitable, which a sync function cannot await.
+    """
+    if isinstance(args.get("name"), str):
+        args["name"] = args["name"].upper()
+    return next_(root, info, **args)
 
 
 async def async_middleware(next_: Any, root: Any, info: Any, **args: Any) -> Any:
@@ -134,3 +138,23 @@ async def async_middleware(next_: Any, root: Any, info: Any, **args: Any) -> Any
 
 class MiddlewareConsumer(Consumer):
     middleware = [tag_middleware, async_middleware]
+
+
+class BrokenConsumer(Consumer):
+    """Fails inside the server, before any resolver runs."""
+
+    async def on_operation(self, op_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("Broken on purpose")
+
+
+class ExclaimMiddleware:
+    """A middleware object (graphql-core calls its ``resolve``)."""
+
+    def resolve(self, next_: Any, root: Any, info: Any, **args: Any) -> Any:
+        if isinstance(args.get("name"), str):
+            args["name"] += "!!"
+        return next_(root, info, **args)
+
+
+class ManagerMiddlewareConsumer(Consumer):
+    middleware = graphql.MiddlewareManager(ExclaimMiddleware(), tag_middleware)

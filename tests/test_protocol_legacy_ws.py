@@ -63,7 +63,9 @@ def test_start_without_connection_init_is_an_error_and_keeps_the_socket() -> Non
 def test_start_then_data_then_complete() -> None:
     session = acknowledged()
     assert session.receive(frame(type="start", id="1", payload=START)) == [
-        Start("1", {"query": "{ hello }", "variables": {}, "operationName": None, "extensions": None})
+        Start(
+            "1", {"query": "{ hello }", "variables": {}, "operationName": None, "extensions": None}
+        )
     ]
     assert session.next("1", {"data": {"hello": "x"}}) == [
         Send({"id": "1", "type": "data", "payload": {"data": {"hello": "x"}}})

@@ -71,9 +71,7 @@ def test_second_connection_init_closes_with_4429_even_before_the_ack() -> None:
 
 
 def test_init_timeout_closes_with_4408_only_before_connection_init() -> None:
-    assert TransportWsSession().init_timeout() == [
-        Close(4408, "Connection initialisation timeout")
-    ]
+    assert TransportWsSession().init_timeout() == [Close(4408, "Connection initialisation timeout")]
     assert acknowledged().init_timeout() == []
 
 
@@ -164,7 +162,9 @@ def test_keepalive_is_a_ping() -> None:
         (json.dumps({"type": "subscribe", "id": 7, "payload": SUBSCRIBE}), "'id'"),
         (json.dumps({"type": "subscribe", "id": "1", "payload": {"query": 42}}), "'query'"),
         (
-            json.dumps({"type": "subscribe", "id": "1", "payload": {"query": "{a}", "variables": 1}}),
+            json.dumps(
+                {"type": "subscribe", "id": "1", "payload": {"query": "{a}", "variables": 1}}
+            ),
             "'variables'",
         ),
         (json.dumps({"type": "complete"}), "'id'"),

@@ -84,7 +84,7 @@ class TransportWsSession(ProtocolSession):
             return []
         if kind == "subscribe":
             op_id = _operation_id(message)
-            payload = parse_operation_payload(message.get("payload"))
+            operation = parse_operation_payload(message.get("payload"))
             if self.state is not ConnectionState.ACKNOWLEDGED:
                 return self._close(CloseCode.UNAUTHORIZED, "Unauthorized")
             if op_id in self.operations:
@@ -92,7 +92,7 @@ class TransportWsSession(ProtocolSession):
                     CloseCode.SUBSCRIBER_ALREADY_EXISTS, f"Subscriber for {op_id} already exists"
                 )
             self.operations.add(op_id)
-            return [Start(op_id, payload)]
+            return [Start(op_id, operation)]
         if kind == "complete":
             op_id = _operation_id(message)
             # A complete for an unknown id is not an error: it races with the
