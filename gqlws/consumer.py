@@ -28,6 +28,7 @@ import functools
 import json
 import logging
 import threading
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -146,7 +147,7 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
             return
         self._session = session
         await self.accept(session.subprotocol)
-        self._tasks.spawn(self._init_timeout(), name="init-timeout")
+        self._spawn(self._init_timeout(), "init-timeout")
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self._session is None or self._closed:
@@ -161,6 +162,22 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
         await self._tasks.cancel_all()
         raise StopConsumer()
 
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """A background task of this connection; a failure in it closes with 4500."""
+        return self._tasks.spawn(self._guarded(coro), name=name)
+
+    async def _guarded(self, coro: Coroutine[Any, Any, Any]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # User errors were already turned into GraphQL errors or a
+            # rejection; what arrives here is a bug, ours or a hook's return
+            # value we cannot send. The client must not wait forever for it.
+            LOG.exception("Unexpected error in a connection task")
+            await self._close(protocol.CloseCode.INTERNAL_SERVER_ERROR, "Internal server error")
+
     # ---- Applying protocol actions ----------------------------------------
 
     async def _apply(self, actions: list[protocol.Action]) -> None:
@@ -170,7 +187,7 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
             elif isinstance(action, protocol.Close):
                 await self._close(action.code, action.reason)
             elif isinstance(action, protocol.Authorize):
-                self._tasks.spawn(self._authorize(action.payload), name="on-connect")
+                self._spawn(self._authorize(action.payload), "on-connect")
             elif isinstance(action, protocol.Start):
                 self._start(action.op_id, dict(action.payload))
             elif isinstance(action, protocol.Stop):
@@ -212,7 +229,7 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
             ack_payload = None
         await self._apply(self._session.accept_connection(ack_payload))
         if self.send_keepalive_every:
-            self._tasks.spawn(self._keepalive(self.send_keepalive_every), name="keepalive")
+            self._spawn(self._keepalive(self.send_keepalive_every), "keepalive")
 
     async def _keepalive(self, every: float) -> None:
         assert self._session is not None
@@ -231,10 +248,10 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
         if self.strict_ordering:
             if self._serial is None:
                 self._serial = asyncio.Queue()
-                self._tasks.spawn(self._run_serially(self._serial), name="strict-ordering")
+                self._spawn(self._run_serially(self._serial), "strict-ordering")
             self._serial.put_nowait(operation)
         else:
-            operation.task = self._tasks.spawn(self._run(operation), name=f"operation {op_id}")
+            operation.task = self._spawn(self._run(operation), f"operation {op_id}")
 
     def _stop(self, op_id: str) -> None:
         operation = self._operations.pop(op_id, None)
@@ -248,9 +265,7 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
             operation = await queue.get()
             if not operation.active:
                 continue
-            operation.task = self._tasks.spawn(
-                self._run(operation), name=f"operation {operation.op_id}"
-            )
+            operation.task = self._spawn(self._run(operation), f"operation {operation.op_id}")
             await asyncio.wait([operation.task])
 
     async def _run(self, operation: Operation) -> None:

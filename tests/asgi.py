@@ -22,6 +22,7 @@ websocket_routes = URLRouter(
         path("graphql-middleware/", schema.MiddlewareConsumer.as_asgi()),
         path("graphql-broken/", schema.BrokenConsumer.as_asgi()),
         path("graphql-manager/", schema.ManagerMiddlewareConsumer.as_asgi()),
+        path("graphql-unsendable/", schema.UnsendableAckConsumer.as_asgi()),
     ]
 )
 

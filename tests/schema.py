@@ -158,3 +158,10 @@ class ExclaimMiddleware:
 
 class ManagerMiddlewareConsumer(Consumer):
     middleware = graphql.MiddlewareManager(ExclaimMiddleware(), tag_middleware)
+
+
+class UnsendableAckConsumer(Consumer):
+    """Its on_connect returns an ack payload that cannot be sent as JSON."""
+
+    async def on_connect(self, payload: Any) -> Any:
+        return {"not json": {1, 2}}

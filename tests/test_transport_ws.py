@@ -208,3 +208,10 @@ async def test_many_concurrent_connections_are_served_independently(connect: Con
 
     answers = await asyncio.gather(*(ask(t, i) for i, t in enumerate(transports)))
     assert answers == [f"Hello, {i}!" for i in range(5)]
+
+
+async def test_a_failure_inside_the_server_closes_with_4500_never_1011(connect: Connect) -> None:
+    transport = await connect("graphql-unsendable/", PROTOCOL)
+    await transport.send({"type": "connection_init"})
+    assert_closed(await closed_with(transport), 4500, "Internal server error")
+    await assert_still_serving(connect)
