@@ -12,6 +12,7 @@ from .client import GraphqlWsClient, GraphqlWsResponseError
 from .consumer import GraphqlWsConsumer
 from .context import DictAsObject, OperationContext, ScopeAsContext
 from .protocol import GRAPHQL_TRANSPORT_WS, GRAPHQL_WS, CloseCode
+from .subscription import Subscription
 from .transport import GraphqlWsTransport
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "GraphqlWsTransportAiohttp",
     "OperationContext",
     "ScopeAsContext",
+    "Subscription",
     "testing",
 ]
 

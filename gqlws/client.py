@@ -370,8 +370,9 @@ class GraphqlWsClient:
 
         With ``wait_confirmation`` the first result of the operation, the
         server's confirmation (``{"data": null}`` by default), is awaited and
-        consumed; it never raises, even with errors in it. Use this when the
-        server confirms subscriptions and you must not race the activation.
+        consumed; a first result carrying errors is a refusal and raises
+        ``GraphqlWsResponseError``. Use this when the server confirms
+        subscriptions and you must not race the activation.
         """
         op_id = await self.start(query, variables=variables, operation_name=operation_name)
         subscription = ClientSubscription(op_id, self)
@@ -544,9 +545,16 @@ class ClientSubscription(str):
 
     async def _consume_confirmation(self) -> None:
         try:
-            await self._receive(None)
+            message = await self._receive(None)
         except StopAsyncIteration:
-            pass  # Completed at once (e.g. not a subscription): iteration yields nothing.
+            return  # Completed at once (e.g. not a subscription): iteration yields nothing.
+        payload = message.get("payload")
+        if isinstance(payload, dict) and payload.get("errors"):
+            # Not a confirmation: the legacy protocol reports a refused
+            # subscription as a result with errors (then completes it).
+            self._ended = True
+            self._client._forget(self.id)
+            raise GraphqlWsResponseError(message)
 
     async def _receive(self, timeout: float | None) -> dict[str, Any]:
         """The next result message, ending the subscription on ``complete`` or ``error``."""

@@ -4,15 +4,17 @@ A thin adapter. Frames go into the connection's protocol session
 (``gqlws.protocol``), whose actions come back out here: frames to send, a
 close, a connection to authorise, operations to start or stop. Operations
 run as tasks, never awaited from the socket's read loop, so a slow resolver
-never delays a ``ping``, a ``complete`` or another request.
+never delays a ``ping``, a ``complete`` or another request. Every outgoing
+frame goes through the connection's ``Outbox``, in order.
 
-Subclass it and set ``schema``; the other class attributes are the
+Subscribe it and set ``schema``; the other class attributes are the
 settings of django-channels-graphql-ws, with the same meaning::
 
     class MyGraphqlWsConsumer(gqlws.GraphqlWsConsumer):
         schema = graphql_schema
         send_keepalive_every = 42       # seconds; None: no keepalive
         strict_ordering = False         # True: one request at a time, in order
+        confirm_subscriptions = False   # True: a first message once subscribed
         max_worker_threads = None       # threads running resolvers
         middleware = [my_middleware]    # or a graphql MiddlewareManager
 
@@ -23,11 +25,7 @@ settings of django-channels-graphql-ws, with the same meaning::
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
-import json
 import logging
-import threading
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
@@ -40,6 +38,7 @@ from . import protocol
 from .context import OperationContext
 from .execution import (
     InvalidDocument,
+    PreparedOperation,
     document_cache,
     execute,
     format_result,
@@ -48,6 +47,9 @@ from .execution import (
     run_on_loop,
 )
 from .operation import Operation, TaskGroup
+from .outbox import Outbox, OverflowPolicy
+from .pool import executor_for, run_in_pool
+from .subscriptions import SubscriptionsMixin
 
 __all__ = ["GraphqlWsConsumer"]
 
@@ -61,14 +63,7 @@ def _close_reason(reason: str) -> str:
     return reason.encode("utf-8")[:_MAX_CLOSE_REASON].decode("utf-8", "ignore")
 
 
-def _close_db_connections() -> None:
-    """What Django does around each request, done around each operation's thread work."""
-    from django.db import close_old_connections
-
-    close_old_connections()
-
-
-class GraphqlWsConsumer(AsyncWebsocketConsumer):
+class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
     """Channels WebSocket consumer which provides the GraphQL API."""
 
     #: The Graphene (or graphql-core) schema this consumer serves.
@@ -87,9 +82,10 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
     middleware: ClassVar[Any] = None
     #: Seconds a client has to send ``connection_init`` before being closed (4408).
     connection_init_wait_timeout: ClassVar[float] = 3.0
-
-    _executors: ClassVar[dict[type, ThreadPoolExecutor]] = {}
-    _executors_lock: ClassVar[threading.Lock] = threading.Lock()
+    #: Notifications a connection may have queued before the overflow policy applies.
+    notification_queue_limit: ClassVar[int] = 1024
+    #: On overflow: "close" (1013, the client resumes) or "drop_oldest" (the reference's).
+    notification_queue_overflow: ClassVar[OverflowPolicy] = "close"
 
     # ---- Hooks for subclasses ---------------------------------------------
 
@@ -112,6 +108,14 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
         self._tasks = TaskGroup(LOG)
         self._closed = False
         self._serial: asyncio.Queue[Operation] | None = None
+        #: Tasks ending subscriptions; the disconnect waits for them.
+        self._ending: set[asyncio.Task[Any]] = set()
+        self._outbox = Outbox(
+            self._send_text,
+            self._send_close,
+            limit=self.notification_queue_limit,
+            policy=self.notification_queue_overflow,
+        )
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels' dispatch also closes stale DB connections on the loop for
@@ -128,10 +132,11 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
             raise
         except Exception:
             LOG.exception("Unexpected error while handling %r", message["type"])
-            await self._close(protocol.CloseCode.INTERNAL_SERVER_ERROR, "Internal server error")
+            self._close(protocol.CloseCode.INTERNAL_SERVER_ERROR, "Internal server error")
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         session = protocol.negotiate(self.scope.get("subprotocols") or [])
+        self._spawn(self._outbox.run(), "outbox")
         if session is None:
             # Accept, explain, then close: a refused handshake would only tell
             # the client "403", and some servers (Daphne) drop close reasons, so
@@ -142,8 +147,8 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
                 f"expected {' or '.join(protocol.SUPPORTED_SUBPROTOCOLS)}"
             )
             await self.accept()
-            await self._send_message({"type": "error", "payload": {"message": reason}})
-            await self._close(protocol.CloseCode.SUBPROTOCOL_NOT_ACCEPTABLE, reason)
+            self._outbox.reply(protocol.encode({"type": "error", "payload": {"message": reason}}))
+            self._close(protocol.CloseCode.SUBPROTOCOL_NOT_ACCEPTABLE, reason)
             return
         self._session = session
         await self.accept(session.subprotocol)
@@ -152,15 +157,61 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self._session is None or self._closed:
             return
-        await self._apply(self._session.receive(message.get("text"), message.get("bytes")))
+        self._apply(self._session.receive(message.get("text"), message.get("bytes")))
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self._closed = True
-        for operation in self._operations.values():
-            operation.cancel()
+        operations = list(self._operations.values())
         self._operations.clear()
+        for operation in operations:
+            operation.cancel()
+        self._end_later(operations, "unsubscribe on disconnect")
+        # Ends already under way (a stop, a server-side unsubscribe) finish
+        # too: cancelled, they would skip their ``unsubscribed`` callback.
+        await asyncio.gather(*self._ending, return_exceptions=True)
         await self._tasks.cancel_all()
         raise StopConsumer()
+
+    # ---- Sending ------------------------------------------------------------
+
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        await self.close(code=code, reason=_close_reason(reason))
+
+    def _apply(self, actions: list[protocol.Action]) -> None:
+        for action in actions:
+            if isinstance(action, protocol.Send):
+                self._outbox.reply(protocol.encode(action.message))
+            elif isinstance(action, protocol.Close):
+                self._close(action.code, action.reason)
+            elif isinstance(action, protocol.Authorize):
+                self._spawn(self._authorize(action.payload), "on-connect")
+            elif isinstance(action, protocol.Start):
+                self._start(action.op_id, dict(action.payload))
+            elif isinstance(action, protocol.Stop):
+                self._stop(action.op_id)
+
+    def _emit(self, operation: Operation, actions: list[protocol.Action]) -> None:
+        """Apply actions for ``operation`` unless it was stopped or its id reused."""
+        if self._operations.get(operation.op_id) is operation:
+            self._apply(actions)
+
+    def _close(self, code: int, reason: str = "") -> None:
+        """Close after the frames already queued; stop every operation."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._session is not None:
+            self._session.close(code, reason)  # the session forgets its operations
+        self._outbox.close(int(code), reason)
+        # Running work stops now; subscriptions stay in the table until the
+        # disconnect that follows ends them (unregister, ``unsubscribed``).
+        for operation in self._operations.values():
+            operation.cancel()
+
+    # ---- Background tasks ---------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """A background task of this connection; a failure in it closes with 4500."""
@@ -176,46 +227,14 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
             # rejection; what arrives here is a bug, ours or a hook's return
             # value we cannot send. The client must not wait forever for it.
             LOG.exception("Unexpected error in a connection task")
-            await self._close(protocol.CloseCode.INTERNAL_SERVER_ERROR, "Internal server error")
-
-    # ---- Applying protocol actions ----------------------------------------
-
-    async def _apply(self, actions: list[protocol.Action]) -> None:
-        for action in actions:
-            if isinstance(action, protocol.Send):
-                await self._send_message(action.message)
-            elif isinstance(action, protocol.Close):
-                await self._close(action.code, action.reason)
-            elif isinstance(action, protocol.Authorize):
-                self._spawn(self._authorize(action.payload), "on-connect")
-            elif isinstance(action, protocol.Start):
-                self._start(action.op_id, dict(action.payload))
-            elif isinstance(action, protocol.Stop):
-                self._stop(action.op_id)
-
-    async def _send_message(self, message: dict[str, Any]) -> None:
-        if not self._closed:
-            await self.send(text_data=json.dumps(message, separators=(",", ":")))
-
-    async def _close(self, code: int, reason: str = "") -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._session is not None:
-            # Let the session forget its operations; only the close is sent.
-            self._session.close(code, reason)
-        await self.close(code=int(code), reason=_close_reason(reason))
-        # After the close frame is queued: the caller may be one of these tasks.
-        for operation in self._operations.values():
-            operation.cancel()
-        self._operations.clear()
+            self._close(protocol.CloseCode.INTERNAL_SERVER_ERROR, "Internal server error")
 
     # ---- Connection handshake ---------------------------------------------
 
     async def _init_timeout(self) -> None:
         await asyncio.sleep(self.connection_init_wait_timeout)
         assert self._session is not None
-        await self._apply(self._session.init_timeout())
+        self._apply(self._session.init_timeout())
 
     async def _authorize(self, payload: Any) -> None:
         assert self._session is not None
@@ -223,11 +242,13 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
             ack_payload = await self.on_connect(payload)
         except Exception as error:
             LOG.info("Connection rejected by on_connect: %r", error)
-            await self._apply(self._session.reject_connection(str(error) or type(error).__name__))
+            self._apply(self._session.reject_connection(str(error) or type(error).__name__))
             return
         if ack_payload is not None and not isinstance(ack_payload, dict):
             ack_payload = None
-        await self._apply(self._session.accept_connection(ack_payload))
+        if ack_payload is not None:
+            protocol.encode(ack_payload)  # fail here, in this task, if it cannot be sent
+        self._apply(self._session.accept_connection(ack_payload))
         if self.send_keepalive_every:
             self._spawn(self._keepalive(self.send_keepalive_every), "keepalive")
 
@@ -235,10 +256,10 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
         assert self._session is not None
         # The legacy protocol's server sends a first ka right after the ack.
         if self._session.subprotocol == protocol.GRAPHQL_WS:
-            await self._apply(self._session.keepalive())
+            self._apply(self._session.keepalive())
         while not self._closed:
             await asyncio.sleep(every)
-            await self._apply(self._session.keepalive())
+            self._apply(self._session.keepalive())
 
     # ---- Operations -------------------------------------------------------
 
@@ -255,8 +276,17 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
 
     def _stop(self, op_id: str) -> None:
         operation = self._operations.pop(op_id, None)
-        if operation is not None:
-            operation.cancel()
+        if operation is None:
+            return
+        operation.cancel()
+        self._end_later([operation], f"unsubscribe {op_id}")
+
+    def _end_later(self, operations: list[Operation], name: str) -> None:
+        """End the subscriptions among ``operations`` in a task the disconnect waits for."""
+        if any(operation.subscription is not None for operation in operations):
+            task = self._spawn(self._end_subscriptions(operations), name)
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
 
     async def _run_serially(self, queue: asyncio.Queue[Operation]) -> None:
         # Each operation still gets a task of its own, so that stopping one
@@ -271,6 +301,7 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
     async def _run(self, operation: Operation) -> None:
         session = self._session
         assert session is not None
+        finished = True
         try:
             payload = await self.on_operation(operation.op_id, operation.payload)
             schema = graphql_schema(self.schema)
@@ -279,65 +310,47 @@ class GraphqlWsConsumer(AsyncWebsocketConsumer):
                     payload["query"], payload.get("operationName")
                 )
             except InvalidDocument as invalid:
-                await self._emit(operation, session.error(operation.op_id, invalid.errors))
+                self._emit(operation, session.error(operation.op_id, invalid.errors))
                 return
             if prepared.operation_type is OperationType.SUBSCRIPTION:
-                await self._subscribe(operation, prepared)
+                finished = not await self._subscribe(operation, prepared, payload)
                 return
-            context = OperationContext(self.scope, operation.op_id, prepared.operation_name)
-            result = await self._in_thread(
-                execute,
-                schema,
-                prepared,
-                variables=payload.get("variables"),
-                context=context,
-                middleware=middleware_list(self.middleware),
-                run_async=run_on_loop(asyncio.get_running_loop()),
-            )
-            await self._emit(operation, session.next(operation.op_id, format_result(result)))
-            await self._emit(operation, session.complete(operation.op_id))
+            result = await self._execute(operation, prepared, payload.get("variables"))
+            self._emit(operation, session.next(operation.op_id, format_result(result)))
+            self._emit(operation, session.complete(operation.op_id))
         except asyncio.CancelledError:
             raise
         except Exception:
             LOG.exception("Operation %r failed", operation.op_id)
             errors = [{"message": "Internal server error"}]
-            await self._emit(operation, session.error(operation.op_id, errors))
+            self._emit(operation, session.error(operation.op_id, errors))
         finally:
-            if self._operations.get(operation.op_id) is operation:
+            if finished and self._operations.get(operation.op_id) is operation:
                 del self._operations[operation.op_id]
 
-    async def _subscribe(self, operation: Operation, prepared: Any) -> None:
-        assert self._session is not None
-        errors = [{"message": "Subscriptions are not available on this server yet"}]
-        await self._emit(operation, self._session.error(operation.op_id, errors))
-
-    async def _emit(self, operation: Operation, actions: list[protocol.Action]) -> None:
-        """Apply actions for ``operation`` unless it was stopped or its id reused."""
-        if self._operations.get(operation.op_id) is operation:
-            await self._apply(actions)
-
-    async def _in_thread(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run blocking user-facing work in this class's thread pool."""
-
-        def work() -> Any:
-            _close_db_connections()
-            try:
-                return func(*args, **kwargs)
-            finally:
-                _close_db_connections()
-
-        call = functools.partial(contextvars.copy_context().run, work)
-        return await asyncio.get_running_loop().run_in_executor(self._executor(), call)
+    async def _execute(
+        self,
+        operation: Operation,
+        prepared: PreparedOperation,
+        variables: dict[str, Any] | None,
+        root_value: Any = None,
+        context: OperationContext | None = None,
+    ) -> Any:
+        """Run ``prepared`` in this class's pool with the connection's context."""
+        if context is None:
+            context = OperationContext(self.scope, operation.op_id, prepared.operation_name)
+        return await run_in_pool(
+            self._executor(),
+            execute,
+            graphql_schema(self.schema),
+            prepared,
+            variables=variables,
+            context=context,
+            middleware=middleware_list(self.middleware),
+            run_async=run_on_loop(asyncio.get_running_loop()),
+            root_value=root_value,
+        )
 
     @classmethod
     def _executor(cls) -> ThreadPoolExecutor:
-        executor = cls._executors.get(cls)
-        if executor is None:
-            with cls._executors_lock:
-                executor = cls._executors.get(cls)
-                if executor is None:
-                    executor = ThreadPoolExecutor(
-                        max_workers=cls.max_worker_threads, thread_name_prefix="gqlws"
-                    )
-                    cls._executors[cls] = executor
-        return executor
+        return executor_for(cls, cls.max_worker_threads)

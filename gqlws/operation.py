@@ -8,7 +8,18 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Operation", "TaskGroup"]
+__all__ = ["LiveSubscription", "Operation", "TaskGroup"]
+
+
+@dataclass(eq=False)
+class LiveSubscription:
+    """A registered subscription: what its notifications and its end need."""
+
+    sub_id: str
+    prepared: Any  # PreparedOperation
+    variables: dict[str, Any] | None
+    context: Any  # OperationContext
+    ended: bool = False
 
 
 @dataclass(eq=False)
@@ -24,6 +35,8 @@ class Operation:
     payload: dict[str, Any]
     task: asyncio.Task[Any] | None = None
     active: bool = field(default=True)
+    #: Set once a subscription is registered and live.
+    subscription: LiveSubscription | None = None
 
     def cancel(self) -> None:
         self.active = False

@@ -12,7 +12,7 @@ django.setup()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from tests import schema  # noqa: E402
+from tests import schema, subscription_schema  # noqa: E402
 
 websocket_routes = URLRouter(
     [
@@ -23,6 +23,10 @@ websocket_routes = URLRouter(
         path("graphql-broken/", schema.BrokenConsumer.as_asgi()),
         path("graphql-manager/", schema.ManagerMiddlewareConsumer.as_asgi()),
         path("graphql-unsendable/", schema.UnsendableAckConsumer.as_asgi()),
+        path("subscriptions/", subscription_schema.SubscriptionConsumer.as_asgi()),
+        path("subscriptions-confirm/", subscription_schema.ConfirmingConsumer.as_asgi()),
+        path("subscriptions-slow/", subscription_schema.SlowSocketConsumer.as_asgi()),
+        path("subscriptions-dropping/", subscription_schema.DroppingConsumer.as_asgi()),
     ]
 )
 

@@ -14,6 +14,7 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.sessions",
     "channels",
+    "tests.models_app",
 ]
 DATABASES = {
     "default": {
@@ -24,6 +25,7 @@ DATABASES = {
     }
 }
 ASGI_APPLICATION = "tests.asgi.application"
+ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 LOGGING = {
     "version": 1,

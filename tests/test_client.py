@@ -305,8 +305,19 @@ async def test_subscribe_consumes_the_confirmation_and_iteration_yields_each_not
     assert sub.ended
 
 
-async def test_a_confirmation_with_errors_does_not_raise(dialect: Dialect) -> None:
-    confirmation = {"type": dialect.result, "payload": {"data": None, "errors": [{"m": 1}]}}
+async def test_a_first_result_with_errors_is_a_refused_subscription(dialect: Dialect) -> None:
+    refusal = {"type": dialect.result, "payload": {"data": None, "errors": [{"message": "no"}]}}
+    responder = graphql_server(dialect, {"subscription { s }": [refusal]})
+    client, _ = await connected_client(dialect, responder)
+
+    with pytest.raises(GraphqlWsResponseError):
+        await client.subscribe("subscription { s }")
+
+
+async def test_the_default_confirmation_with_null_errors_is_not_a_refusal(
+    dialect: Dialect,
+) -> None:
+    confirmation = {"type": dialect.result, "payload": {"data": None, "errors": None}}
     responder = graphql_server(dialect, {"subscription { s }": [confirmation]})
     client, _ = await connected_client(dialect, responder)
 

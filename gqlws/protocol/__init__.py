@@ -20,6 +20,7 @@ from .base import (
     Send,
     Start,
     Stop,
+    encode,
 )
 from .legacy_ws import SUBPROTOCOL as GRAPHQL_WS
 from .legacy_ws import LegacyWsSession
@@ -43,6 +44,7 @@ __all__ = [
     "Start",
     "Stop",
     "TransportWsSession",
+    "encode",
     "negotiate",
 ]
 

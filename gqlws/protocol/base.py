@@ -44,6 +44,7 @@ __all__ = [
     "Send",
     "Start",
     "Stop",
+    "encode",
     "parse_operation_payload",
 ]
 
@@ -170,6 +171,11 @@ def decode_frame(text: str | None, data: bytes | None) -> dict[str, Any]:
     if not isinstance(message.get("type"), str):
         raise ProtocolError("Message must have a string 'type'")
     return message
+
+
+def encode(message: dict[str, Any]) -> str:
+    """One server message as the text of a frame (compact JSON)."""
+    return json.dumps(message, separators=(",", ":"))
 
 
 def parse_operation_payload(payload: Any) -> OperationPayload:

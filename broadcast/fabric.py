@@ -1,0 +1,159 @@
+"""The fabric's contract: ordered group events, the subscriber registry, edge deliveries.
+
+The fabric carries bytes and positions; it knows nothing of GraphQL. Its
+participants:
+
+* a **broadcaster** (any thread or process) calls ``issue``: the event gets
+  the next offset of its group, once and for all, before ``issue`` returns;
+* a **fan-out** (a worker thread or process) reads ``subscribers`` of the
+  group registered *before* that offset, computes what each receives, and
+  hands the results to their edges with ``deliver``, in batches;
+* an **edge** (the process owning WebSockets) ``register``\\s a subscription
+  with the offsets current at registration (read in the same atomic step),
+  receives its deliveries through the sink given to ``attach_edge``, and
+  restores order with ``broadcast.ordering.InOrder``.
+
+Positions are ``(epoch, offset)``: offsets grow by one per event of a
+group; the epoch names the lifetime of a group's stream, so a stream that
+was lost (a Redis restart) shows up as a new epoch instead of a silent gap.
+
+Two backends implement this: ``InMemoryFabric`` (embedded mode, one
+process) and the Redis backend (distributed mode).
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "Delivery",
+    "DeliveryKind",
+    "Event",
+    "EventKind",
+    "Fabric",
+    "HistoryLost",
+    "Position",
+    "Sink",
+    "Subscriber",
+]
+
+
+class EventKind(str, enum.Enum):
+    """What an event of a group asks of its subscribers."""
+
+    PUBLISH = "publish"  # run publish with the payload, deliver the result
+    UNSUBSCRIBE = "unsubscribe"  # end every subscription of the group, in order
+
+
+class DeliveryKind(str, enum.Enum):
+    """What an edge receives for one subscription at one offset."""
+
+    RESULT = "result"  # a notification to send
+    SKIP = "skip"  # publish suppressed it: advance silently
+    END = "end"  # the server ended the subscription (group unsubscribe)
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a group's stream is: the epoch of the stream and the last offset in it."""
+
+    epoch: str
+    offset: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of a group, with its place in the group's order."""
+
+    group: str
+    epoch: str
+    offset: int
+    kind: EventKind
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    """A registered subscription as the fan-out sees it.
+
+    ``data`` is opaque to the fabric: what the fan-out needs to compute the
+    subscriber's notification (in embedded mode, live objects; in
+    distributed mode, serialized bytes).
+    """
+
+    edge_id: str
+    sub_id: str
+    positions: Mapping[str, Position]
+    data: Any
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one subscription gets for one event of one of its groups."""
+
+    sub_id: str
+    group: str
+    epoch: str
+    offset: int
+    kind: DeliveryKind
+    body: Any = None
+
+
+Sink = Callable[[Sequence[Delivery]], None]
+"""Receives an edge's deliveries; called from any thread, must not block."""
+
+
+class HistoryLost(LookupError):
+    """The events asked for are no longer in the group's history (trimmed, or a new epoch)."""
+
+
+class Fabric(ABC):
+    """The interface both backends implement. See the module docstring."""
+
+    # ---- Broadcaster and fan-out side (sync: any thread, Celery workers) ----
+
+    @abstractmethod
+    def issue(
+        self, group: str, kind: EventKind, payload: bytes, *, key: str | None = None
+    ) -> Event:
+        """Append an event to ``group``; returns it with its epoch and offset.
+
+        ``key`` makes the call idempotent: issuing again with the same key
+        returns the first event instead of appending another.
+        """
+
+    @abstractmethod
+    def subscribers(self, group: str, before: int) -> Iterator[Subscriber]:
+        """Subscribers of ``group`` registered before offset ``before`` was issued."""
+
+    @abstractmethod
+    def deliver(self, edge_id: str, deliveries: Sequence[Delivery]) -> None:
+        """Hand a batch of deliveries to an edge (dropped if the edge is gone)."""
+
+    @abstractmethod
+    def history(self, group: str, after: int, epoch: str) -> list[Event]:
+        """Events of ``group`` after offset ``after``; raises ``HistoryLost``."""
+
+    # ---- Edge side ---------------------------------------------------------
+
+    @abstractmethod
+    async def register(
+        self, edge_id: str, sub_id: str, groups: Sequence[str], data: Any
+    ) -> dict[str, Position]:
+        """Register a subscription; returns, per group, the position at registration."""
+
+    @abstractmethod
+    async def unregister(self, edge_id: str, sub_id: str) -> None:
+        """Forget a subscription (no-op if unknown)."""
+
+    @abstractmethod
+    def attach_edge(self, edge_id: str, sink: Sink) -> None:
+        """Route the deliveries of ``edge_id`` to ``sink`` from now on."""
+
+    @abstractmethod
+    def detach_edge(self, edge_id: str) -> None:
+        """Stop routing to ``edge_id`` and forget its subscriptions."""

@@ -1,0 +1,151 @@
+"""``InMemoryFabric``: the fabric inside one process (embedded mode).
+
+Everything lives in dicts behind one lock: per group, the epoch, the last
+offset, a bounded history and the registered subscribers; per edge, its
+sink. ``issue`` and ``register`` each take the lock once, which is what
+makes "registered before offset N" exact: a subscriber registered while an
+event is being issued is either before it (and receives it) or after it
+(and does not), never half of each.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .fabric import (
+    Delivery,
+    Event,
+    EventKind,
+    Fabric,
+    HistoryLost,
+    Position,
+    Sink,
+    Subscriber,
+)
+
+__all__ = ["InMemoryFabric"]
+
+
+@dataclass
+class _Group:
+    epoch: str
+    last: int = 0
+    history: deque[Event] = field(default_factory=deque)
+    #: sub_id -> subscriber, in registration order.
+    subscribers: dict[str, Subscriber] = field(default_factory=dict)
+
+
+class InMemoryFabric(Fabric):
+    """The fabric of one process. Thread-safe."""
+
+    def __init__(self, history_limit: int = 1000, idempotency_limit: int = 10_000) -> None:
+        self.history_limit = history_limit
+        self._lock = threading.Lock()
+        self._groups: dict[str, _Group] = {}
+        self._sinks: dict[str, Sink] = {}
+        #: edge_id -> {sub_id: groups}, to unregister without scanning groups.
+        self._edges: dict[str, dict[str, tuple[str, ...]]] = {}
+        self._issued: OrderedDict[str, Event] = OrderedDict()
+        self._idempotency_limit = idempotency_limit
+
+    def _group(self, name: str) -> _Group:
+        group = self._groups.get(name)
+        if group is None:
+            group = self._groups[name] = _Group(epoch=uuid.uuid4().hex)
+        return group
+
+    # ---- Broadcaster and fan-out side --------------------------------------
+
+    def issue(
+        self, group: str, kind: EventKind, payload: bytes, *, key: str | None = None
+    ) -> Event:
+        with self._lock:
+            if key is not None and key in self._issued:
+                return self._issued[key]
+            state = self._group(group)
+            state.last += 1
+            event = Event(group, state.epoch, state.last, EventKind(kind), payload)
+            state.history.append(event)
+            while len(state.history) > self.history_limit:
+                state.history.popleft()
+            if key is not None:
+                self._issued[key] = event
+                while len(self._issued) > self._idempotency_limit:
+                    self._issued.popitem(last=False)
+            return event
+
+    def subscribers(self, group: str, before: int) -> Iterator[Subscriber]:
+        with self._lock:
+            state = self._groups.get(group)
+            found = [] if state is None else list(state.subscribers.values())
+        return (s for s in found if s.positions[group].offset < before)
+
+    def deliver(self, edge_id: str, deliveries: Sequence[Delivery]) -> None:
+        sink = self._sinks.get(edge_id)
+        if sink is not None and deliveries:
+            sink(deliveries)
+
+    def history(self, group: str, after: int, epoch: str) -> list[Event]:
+        with self._lock:
+            state = self._groups.get(group)
+            if state is None or state.epoch != epoch:
+                raise HistoryLost(f"Group {group!r} has a new epoch")
+            events = [event for event in state.history if event.offset > after]
+        first = events[0].offset if events else state.last + 1
+        if first != after + 1:
+            raise HistoryLost(f"Group {group!r} no longer holds offset {after + 1}")
+        return events
+
+    # ---- Edge side ----------------------------------------------------------
+
+    async def register(
+        self, edge_id: str, sub_id: str, groups: Sequence[str], data: Any
+    ) -> dict[str, Position]:
+        names = tuple(dict.fromkeys(groups))
+        with self._lock:
+            positions = {}
+            for name in names:
+                state = self._group(name)
+                positions[name] = Position(state.epoch, state.last)
+            subscriber = Subscriber(edge_id, sub_id, positions, data)
+            for name in names:
+                self._groups[name].subscribers[sub_id] = subscriber
+            self._edges.setdefault(edge_id, {})[sub_id] = names
+        return positions
+
+    async def unregister(self, edge_id: str, sub_id: str) -> None:
+        with self._lock:
+            self._forget(edge_id, sub_id)
+
+    def _forget(self, edge_id: str, sub_id: str) -> None:
+        names = self._edges.get(edge_id, {}).pop(sub_id, ())
+        for name in names:
+            state = self._groups.get(name)
+            if state is not None:
+                state.subscribers.pop(sub_id, None)
+
+    def attach_edge(self, edge_id: str, sink: Sink) -> None:
+        with self._lock:
+            self._sinks[edge_id] = sink
+            self._edges.setdefault(edge_id, {})
+
+    def detach_edge(self, edge_id: str) -> None:
+        with self._lock:
+            self._sinks.pop(edge_id, None)
+            for sub_id in list(self._edges.get(edge_id, {})):
+                self._forget(edge_id, sub_id)
+            self._edges.pop(edge_id, None)
+
+    # ---- Introspection (tests, status) --------------------------------------
+
+    def subscriber_count(self, group: str | None = None) -> int:
+        with self._lock:
+            if group is not None:
+                state = self._groups.get(group)
+                return 0 if state is None else len(state.subscribers)
+            return sum(len(subs) for subs in self._edges.values())

@@ -1,0 +1,156 @@
+"""The consumer's subscription side: subscribe, receive notifications, end.
+
+Kept apart from ``consumer`` (a mixin of ``GraphqlWsConsumer``) so each
+module holds one concern. The life of a subscription:
+
+1. ``_subscribe`` runs the document with a ``SubscribePhase`` root (the
+   ``subscribe`` callback picks the groups), registers it on this loop's
+   ``Edge`` (the fabric records, per group, the offset current at
+   registration), and only then sends the optional confirmation: every
+   broadcast issued after the client saw the confirmation reaches it.
+2. ``_on_delivery`` receives its notifications in order and queues them in
+   the outbox as notifications (the frames the overflow policy may drop).
+3. ``_end_subscriptions`` unregisters it and runs ``unsubscribed``, once,
+   whether the client stopped it, the server unsubscribed its group, or the
+   connection went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from broadcast import Delivery, DeliveryKind
+
+from . import protocol
+from .context import OperationContext
+from .edge import Edge
+from .execution import PreparedOperation, format_error, graphql_schema, middleware_list, run_on_loop
+from .notify import LocalSubscriber
+from .operation import LiveSubscription, Operation
+from .phases import SubscribePhase, UnsubscribedPhase
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .outbox import Outbox
+
+__all__ = ["SubscriptionsMixin"]
+
+LOG = logging.getLogger(__name__)
+
+
+class SubscriptionsMixin:
+    """Subscriptions of one connection (mixed into ``GraphqlWsConsumer``)."""
+
+    if TYPE_CHECKING:  # provided by GraphqlWsConsumer
+        scope: dict[str, Any]
+        schema: ClassVar[Any]
+        middleware: ClassVar[Any]
+        confirm_subscriptions: ClassVar[bool]
+        subscription_confirmation_message: ClassVar[dict[str, Any]]
+        _session: protocol.ProtocolSession | None
+        _operations: dict[str, Operation]
+        _outbox: Outbox
+
+        def _emit(self, operation: Operation, actions: list[protocol.Action]) -> None: ...
+        def _apply(self, actions: list[protocol.Action]) -> None: ...
+        def _end_later(self, operations: list[Operation], name: str) -> None: ...
+        @classmethod
+        def _executor(cls) -> ThreadPoolExecutor: ...
+        async def _execute(
+            self,
+            operation: Operation,
+            prepared: PreparedOperation,
+            variables: dict[str, Any] | None,
+            root_value: Any = None,
+            context: OperationContext | None = None,
+        ) -> Any: ...
+
+    async def _subscribe(
+        self, operation: Operation, prepared: PreparedOperation, payload: dict[str, Any]
+    ) -> bool:
+        """Activate a subscription; True once it is live (the operation stays open)."""
+        session = self._session
+        assert session is not None
+        op_id = operation.op_id
+        variables = payload.get("variables")
+        context = OperationContext(self.scope, op_id, prepared.operation_name)
+        root = SubscribePhase()
+        result = await self._execute(operation, prepared, variables, root, context)
+        if result.errors:
+            errors = [format_error(error) for error in result.errors]
+            self._emit(operation, session.error(op_id, errors))
+            return False
+        if root.subscription is None:
+            message = "The subscription field is not a gqlws Subscription"
+            self._emit(operation, session.error(op_id, [{"message": message}]))
+            return False
+        live = LiveSubscription(f"{op_id}:{uuid.uuid4().hex}", prepared, variables, context)
+        data = LocalSubscriber(
+            graphql_schema(self.schema),
+            prepared,
+            variables,
+            context,
+            middleware_list(self.middleware),
+            self._executor(),
+            run_on_loop(asyncio.get_running_loop()),
+        )
+        target = functools.partial(self._on_delivery, operation)
+        registering = asyncio.ensure_future(
+            Edge.current().subscribe(live.sub_id, root.groups, data, target)
+        )
+        try:
+            # Shielded: a registration cut in half could stay in the fabric.
+            await asyncio.shield(registering)
+        except asyncio.CancelledError:
+            await registering
+            operation.subscription = live
+            await self._end_subscriptions([operation])
+            raise
+        operation.subscription = live
+        if self._operations.get(op_id) is not operation:
+            # Stopped while registering: end it here, nobody else will.
+            await self._end_subscriptions([operation])
+            return False
+        if self.confirm_subscriptions:
+            self._emit(operation, session.next(op_id, dict(self.subscription_confirmation_message)))
+        return True
+
+    def _on_delivery(self, operation: Operation, delivery: Delivery) -> None:
+        """One notification of ``operation``, in order, on the event loop."""
+        if self._operations.get(operation.op_id) is not operation or self._session is None:
+            return
+        if delivery.kind is DeliveryKind.RESULT:
+            for action in self._session.next(operation.op_id, delivery.body):
+                if isinstance(action, protocol.Send):
+                    self._outbox.notify(protocol.encode(action.message))
+        elif delivery.kind is DeliveryKind.END:
+            del self._operations[operation.op_id]
+            self._apply(self._session.complete(operation.op_id))
+            self._end_later([operation], f"unsubscribe {operation.op_id}")
+
+    async def _end_subscriptions(self, operations: list[Operation]) -> None:
+        """Unregister subscriptions and run their ``unsubscribed`` callbacks, once each."""
+        ending = []
+        for operation in operations:
+            live = operation.subscription
+            if live is not None and not live.ended:
+                live.ended = True
+                ending.append(self._end_one(operation, live))
+        if ending:
+            await asyncio.gather(*ending)
+
+    async def _end_one(self, operation: Operation, live: LiveSubscription) -> None:
+        try:
+            await Edge.current().unsubscribe(live.sub_id)
+            result = await self._execute(
+                operation, live.prepared, live.variables, UnsubscribedPhase(), live.context
+            )
+            if result.errors:
+                LOG.error("unsubscribed of %r failed: %s", operation.op_id, result.errors)
+        except Exception:
+            LOG.exception("Ending subscription %r failed", operation.op_id)

@@ -1,0 +1,215 @@
+"""Subscriptions the subscription tests run against (embedded mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from typing import Any, ClassVar
+
+import graphene
+
+import gqlws
+from tests.schema import Query
+
+#: (subscription class name, group argument) of every ``unsubscribed`` call.
+UNSUBSCRIBED: list[tuple[str, str | None]] = []
+
+
+class PublishConcurrency:
+    """Counts publish calls running at the same time."""
+
+    lock = threading.Lock()
+    running = 0
+    peak = 0
+
+    @classmethod
+    def enter(cls) -> None:
+        with cls.lock:
+            cls.running += 1
+            cls.peak = max(cls.peak, cls.running)
+
+    @classmethod
+    def leave(cls) -> None:
+        with cls.lock:
+            cls.running -= 1
+
+
+class OnEvent(gqlws.Subscription):
+    """Sync callbacks; the group is an argument, publish may sleep and skip."""
+
+    event = graphene.String()
+    seq = graphene.Int()
+    user_name = graphene.String()
+
+    class Arguments:
+        group = graphene.String()
+        sleep_ms = graphene.Int(default_value=0)
+
+    @staticmethod
+    def subscribe(root: Any, info: Any, group: str | None = None, sleep_ms: int = 0) -> Any:
+        return None if group is None else [group]
+
+    @staticmethod
+    def publish(payload: Any, info: Any, group: str | None = None, sleep_ms: int = 0) -> Any:
+        PublishConcurrency.enter()
+        try:
+            if sleep_ms:
+                time.sleep(random.uniform(0, sleep_ms / 1000))
+        finally:
+            PublishConcurrency.leave()
+        if payload.get("skip"):
+            return OnEvent.SKIP
+        if payload.get("none"):
+            return None
+        user = payload.get("user")
+        return OnEvent(
+            event=payload.get("event"),
+            seq=payload.get("seq"),
+            user_name=None if user is None else f"{user.username}#{user.pk}",
+        )
+
+    @staticmethod
+    def unsubscribed(root: Any, info: Any, group: str | None = None, sleep_ms: int = 0) -> None:
+        UNSUBSCRIBED.append(("OnEvent", group))
+
+
+class OnChatMessage(gqlws.Subscription):
+    """Async callbacks; no notification of one's own messages."""
+
+    chatroom = graphene.String()
+    text = graphene.String()
+    sender = graphene.String()
+
+    class Arguments:
+        chatroom = graphene.String(required=True)
+
+    @staticmethod
+    async def subscribe(root: Any, info: Any, chatroom: str) -> list[str]:
+        await asyncio.sleep(0)
+        return [chatroom]
+
+    @staticmethod
+    async def publish(payload: Any, info: Any, chatroom: str) -> Any:
+        await asyncio.sleep(0)
+        if payload["sender"] == info.context.get("name"):
+            return OnChatMessage.SKIP
+        return OnChatMessage(chatroom=chatroom, text=payload["text"], sender=payload["sender"])
+
+    @staticmethod
+    async def unsubscribed(root: Any, info: Any, chatroom: str) -> None:
+        UNSUBSCRIBED.append(("OnChatMessage", chatroom))
+
+
+class Forbidden(gqlws.Subscription):
+    """``subscribe`` refuses."""
+
+    value = graphene.String()
+
+    @staticmethod
+    def subscribe(root: Any, info: Any) -> list[str]:
+        raise PermissionError("Not allowed to subscribe")
+
+    @staticmethod
+    def publish(payload: Any, info: Any) -> Any:
+        return Forbidden(value="never")
+
+
+class Subscription(graphene.ObjectType):
+    on_event = OnEvent.Field()
+    on_chat_message = OnChatMessage.Field()
+    forbidden = Forbidden.Field()
+    not_gqlws = graphene.String()
+
+    @staticmethod
+    def resolve_not_gqlws(root: Any, info: Any) -> str:
+        return "plain field"
+
+
+class SetName(graphene.Mutation):
+    class Arguments:
+        name = graphene.String(required=True)
+
+    ok = graphene.Boolean()
+
+    @staticmethod
+    def mutate(root: Any, info: Any, name: str) -> SetName:
+        info.context.name = name
+        return SetName(ok=True)
+
+
+class SendChatMessage(graphene.Mutation):
+    """Sync resolver: broadcasts from a pool thread."""
+
+    class Arguments:
+        chatroom = graphene.String(required=True)
+        text = graphene.String(required=True)
+
+    ok = graphene.Boolean()
+
+    @staticmethod
+    def mutate(root: Any, info: Any, chatroom: str, text: str) -> SendChatMessage:
+        sender = info.context.get("name", "anonymous")
+        OnChatMessage.broadcast(group=chatroom, payload={"text": text, "sender": sender})
+        return SendChatMessage(ok=True)
+
+
+class SendChatMessageAsync(graphene.Mutation):
+    """Async resolver: awaits the broadcast on the loop."""
+
+    class Arguments:
+        chatroom = graphene.String(required=True)
+        text = graphene.String(required=True)
+
+    ok = graphene.Boolean()
+
+    @staticmethod
+    async def mutate(root: Any, info: Any, chatroom: str, text: str) -> SendChatMessageAsync:
+        sender = info.context.get("name", "anonymous")
+        await OnChatMessage.broadcast(group=chatroom, payload={"text": text, "sender": sender})
+        return SendChatMessageAsync(ok=True)
+
+
+class Mutation(graphene.ObjectType):
+    set_name = SetName.Field()
+    send_chat_message = SendChatMessage.Field()
+    send_chat_message_async = SendChatMessageAsync.Field()
+
+
+schema = graphene.Schema(query=Query, mutation=Mutation, subscription=Subscription)
+
+
+class SubscriptionConsumer(gqlws.GraphqlWsConsumer):
+    schema = schema
+    max_worker_threads = 8
+
+
+class ConfirmingConsumer(SubscriptionConsumer):
+    confirm_subscriptions = True
+
+
+class SlowSocketConsumer(ConfirmingConsumer):
+    """Its socket stops writing while ``gate`` is clear (a client that does not read)."""
+
+    notification_queue_limit = 5
+    gate: ClassVar[asyncio.Event | None] = None
+    #: Notifications handed to the outbox so far, by every instance.
+    deliveries: ClassVar[int] = 0
+
+    def _on_delivery(self, operation: Any, delivery: Any) -> None:
+        super()._on_delivery(operation, delivery)
+        SlowSocketConsumer.deliveries += 1
+
+    #: Frames that found the socket stuck.
+    stuck: ClassVar[int] = 0
+
+    async def _send_text(self, text: str) -> None:
+        if self.gate is not None and not self.gate.is_set():
+            SlowSocketConsumer.stuck += 1
+            await self.gate.wait()
+        await super()._send_text(text)
+
+
+class DroppingConsumer(SlowSocketConsumer):
+    notification_queue_overflow = "drop_oldest"

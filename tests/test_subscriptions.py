@@ -1,0 +1,315 @@
+"""Subscriptions in embedded mode: groups, order, SKIP, confirmation, ends, slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
+from django.test import Client
+
+import gqlws
+from broadcast import InMemoryFabric, get_fabric
+from gqlws.transport import GraphqlWsConnectionClosed
+from tests.subscription_schema import (
+    UNSUBSCRIBED,
+    OnEvent,
+    PublishConcurrency,
+    SlowSocketConsumer,
+)
+
+ON_EVENT = "subscription($g: String, $ms: Int) { onEvent(group: $g, sleepMs: $ms) { event seq } }"
+ON_CHAT = "subscription($room: String!) { onChatMessage(chatroom: $room) { chatroom text sender } }"
+SEND = (
+    "mutation($room: String!, $text: String!) "
+    "{ sendChatMessage(chatroom: $room, text: $text) { ok } }"
+)
+SET_NAME = "mutation($name: String!) { setName(name: $name) { ok } }"
+
+MakeClient = Callable[..., Any]
+
+
+@pytest.fixture(params=["graphql-transport-ws", "graphql-ws"])
+def subprotocol(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def client_factory(subprotocol: str) -> AsyncIterator[MakeClient]:
+    """In-process clients (the test broadcasts from its own process)."""
+    from tests.asgi import application
+
+    clients: list[gqlws.testing.GraphqlWsClient] = []
+
+    async def make(path: str = "subscriptions-confirm/") -> gqlws.testing.GraphqlWsClient:
+        transport = gqlws.testing.GraphqlWsTransport(application, path, subprotocols=[subprotocol])
+        client = gqlws.testing.GraphqlWsClient(transport)
+        await client.connect_and_init()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        if client.connected:
+            await client.finalize()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def group_subscribers(group: str | None) -> int:
+    fabric = get_fabric()
+    assert isinstance(fabric, InMemoryFabric)
+    return fabric.subscriber_count(OnEvent._group_name(group))
+
+
+async def test_a_thousand_broadcasts_arrive_complete_and_in_order_with_concurrent_publish(
+    client_factory: MakeClient,
+) -> None:
+    first, second = await client_factory(), await client_factory()
+    sub = await first.subscribe(ON_EVENT, variables={"g": "one", "ms": 5})
+    other = await second.subscribe(ON_EVENT, variables={"g": "two", "ms": 0})
+    PublishConcurrency.peak = 0
+
+    def broadcast_all() -> None:
+        for seq in range(1000):
+            OnEvent.broadcast(group="one", payload={"event": "e", "seq": seq})
+
+    sender = threading.Thread(target=broadcast_all)
+    sender.start()
+    received = [(await sub.next(timeout=30))["data"]["onEvent"]["seq"] for _ in range(1000)]
+    sender.join()
+    assert received == list(range(1000))
+    assert PublishConcurrency.peak > 1  # publish calls did overlap in the pool
+    await second.assert_no_messages(timeout=0.2)
+    await first.assert_no_messages(timeout=0.2)
+    await OnEvent.broadcast(group="two", payload={"seq": -1})
+    assert (await other.next(timeout=5))["data"]["onEvent"]["seq"] == -1
+
+
+async def test_skip_and_none_from_publish_suppress_only_that_notification(
+    client_factory: MakeClient,
+) -> None:
+    client = await client_factory()
+    sub = await client.subscribe(ON_EVENT, variables={"g": "skip"})
+    await OnEvent.broadcast(group="skip", payload={"skip": True, "seq": 1})
+    await OnEvent.broadcast(group="skip", payload={"none": True, "seq": 2})
+    await OnEvent.broadcast(group="skip", payload={"event": "kept", "seq": 3})
+    assert await sub.next(timeout=5) == {"data": {"onEvent": {"event": "kept", "seq": 3}}}
+    await client.assert_no_messages(timeout=0.2)
+
+
+async def test_groups_come_from_arguments_and_isolate_chatrooms(
+    client_factory: MakeClient,
+) -> None:
+    kittens, puppies, sender = [await client_factory() for _ in range(3)]
+    kitten_sub = await kittens.subscribe(ON_CHAT, variables={"room": "kittens"})
+    puppy_sub = await puppies.subscribe(ON_CHAT, variables={"room": "puppies"})
+    await sender.execute(SEND, {"room": "kittens", "text": "meow"})
+    assert await kitten_sub.next(timeout=5) == {
+        "data": {"onChatMessage": {"chatroom": "kittens", "text": "meow", "sender": "anonymous"}}
+    }
+    await puppies.assert_no_messages(timeout=0.2)
+    assert puppy_sub.id
+
+
+async def test_no_notification_of_ones_own_messages(client_factory: MakeClient) -> None:
+    alice, bob = await client_factory(), await client_factory()
+    await alice.execute(SET_NAME, {"name": "alice"})
+    await bob.execute(SET_NAME, {"name": "bob"})
+    alice_sub = await alice.subscribe(ON_CHAT, variables={"room": "r"})
+    bob_sub = await bob.subscribe(ON_CHAT, variables={"room": "r"})
+    await alice.execute(SEND, {"room": "r", "text": "from alice"})
+    assert (await bob_sub.next(timeout=5))["data"]["onChatMessage"]["sender"] == "alice"
+    await alice.assert_no_messages(timeout=0.2)
+    assert alice_sub.id
+
+
+async def test_two_subscriptions_on_one_connection_and_complete_ends_only_one(
+    client_factory: MakeClient,
+) -> None:
+    client = await client_factory()
+    first = await client.subscribe(ON_EVENT, variables={"g": "pair"})
+    second = await client.subscribe(ON_EVENT, variables={"g": "pair"})
+    await OnEvent.broadcast(group="pair", payload={"seq": 1})
+    assert (await first.next(timeout=5))["data"]["onEvent"]["seq"] == 1
+    assert (await second.next(timeout=5))["data"]["onEvent"]["seq"] == 1
+    UNSUBSCRIBED.clear()
+    await first.complete()
+    await wait_until(lambda: ("OnEvent", "pair") in UNSUBSCRIBED)
+    await OnEvent.broadcast(group="pair", payload={"seq": 2})
+    assert (await second.next(timeout=5))["data"]["onEvent"]["seq"] == 2
+    await client.assert_no_messages(timeout=0.2)
+    assert UNSUBSCRIBED == [("OnEvent", "pair")]
+
+
+async def test_server_side_unsubscribe_completes_after_earlier_notifications(
+    client_factory: MakeClient,
+) -> None:
+    client = await client_factory()
+    sub = await client.subscribe(ON_EVENT, variables={"g": "ending", "ms": 3})
+    UNSUBSCRIBED.clear()
+    for seq in range(20):
+        await OnEvent.broadcast(group="ending", payload={"seq": seq})
+    await OnEvent.unsubscribe(group="ending")
+    received = [item["data"]["onEvent"]["seq"] async for item in sub]
+    assert received == list(range(20))  # iteration ends at the server's complete
+    await wait_until(lambda: ("OnEvent", "ending") in UNSUBSCRIBED)
+    assert group_subscribers("ending") == 0
+
+
+async def test_unsubscribe_from_sync_code_ends_subscriptions_too(
+    client_factory: MakeClient,
+) -> None:
+    client = await client_factory()
+    sub = await client.subscribe(ON_EVENT, variables={"g": "sync-end"})
+    await asyncio.to_thread(OnEvent.unsubscribe, group="sync-end")
+    assert [item async for item in sub] == []
+
+
+async def test_unsubscribed_is_called_on_disconnect(client_factory: MakeClient) -> None:
+    client = await client_factory()
+    await client.subscribe(ON_CHAT, variables={"room": "bye"})
+    UNSUBSCRIBED.clear()
+    await client.finalize()
+    await wait_until(lambda: ("OnChatMessage", "bye") in UNSUBSCRIBED)
+    assert get_fabric().subscriber_count() == 0  # type: ignore[attr-defined]
+
+
+async def test_after_confirmation_a_mutations_notification_always_arrives(
+    client_factory: MakeClient,
+) -> None:
+    listener, sender = await client_factory(), await client_factory()
+    for attempt in range(20):
+        room = f"race-{attempt}"
+        sub = await listener.subscribe(ON_CHAT, variables={"room": room})  # waits for confirmation
+        await listener.execute(SEND, {"room": room, "text": str(attempt)})
+        assert (await sub.next(timeout=5))["data"]["onChatMessage"]["text"] == str(attempt)
+        await sub.complete()
+    assert sender.connected
+
+
+async def test_without_confirmation_no_message_precedes_the_first_notification(
+    client_factory: MakeClient,
+) -> None:
+    client = await client_factory("subscriptions/")
+    sub = await client.subscribe(ON_EVENT, variables={"g": "noconfirm"}, wait_confirmation=False)
+    await wait_until(lambda: group_subscribers("noconfirm") == 1)
+    await OnEvent.broadcast(group="noconfirm", payload={"seq": 5})
+    assert await sub.next(timeout=5) == {"data": {"onEvent": {"event": None, "seq": 5}}}
+
+
+async def test_the_confirmation_message_is_configurable(
+    client_factory: MakeClient, subprotocol: str
+) -> None:
+    from tests.asgi import application
+
+    transport = gqlws.testing.GraphqlWsTransport(
+        application, "subscriptions-confirm/", subprotocols=[subprotocol]
+    )
+    client = gqlws.testing.GraphqlWsClient(transport)
+    await client.connect_and_init()
+    op_id = await client.start(ON_EVENT, variables={"g": "c"})
+    message = await client.receive(wait_id=op_id, raw_response=True)
+    assert message["payload"] == {"data": None, "errors": None}
+    await client.finalize()
+
+
+async def test_django_model_payloads_round_trip(client_factory: MakeClient) -> None:
+    client = await client_factory()
+    query = 'subscription { onEvent(group: "models") { userName } }'
+    sub = await client.subscribe(query)
+    user = User(pk=7, username="ann")
+    await OnEvent.broadcast(group="models", payload={"user": user})
+    assert await sub.next(timeout=5) == {"data": {"onEvent": {"userName": "ann#7"}}}
+
+
+async def test_an_unserializable_payload_raises_an_error_naming_it() -> None:
+    with pytest.raises(TypeError, match="object"):
+        OnEvent.broadcast_sync(group="x", payload={"bad": object()})
+
+
+async def test_broadcasts_from_a_thread_a_sync_view_and_a_coroutine_all_arrive(
+    client_factory: MakeClient,
+) -> None:
+    client = await client_factory()
+    sub = await client.subscribe(ON_EVENT, variables={"g": "sources"})
+    await asyncio.to_thread(OnEvent.broadcast, group="sources", payload={"event": "thread"})
+    await sub.next(timeout=5)
+    response = await sync_to_async(Client().post)(
+        "/notify/",
+        data={"group": "sources", "payload": {"event": "view"}},
+        content_type="application/json",
+    )
+    assert response.status_code == 200
+    await OnEvent.broadcast(group="sources", payload={"event": "coroutine"})
+    assert (await sub.next(timeout=5))["data"]["onEvent"]["event"] == "view"
+    assert (await sub.next(timeout=5))["data"]["onEvent"]["event"] == "coroutine"
+
+
+async def test_a_failing_subscribe_answers_an_error(client_factory: MakeClient) -> None:
+    client = await client_factory()
+    with pytest.raises(gqlws.GraphqlWsResponseError, match="Not allowed to subscribe"):
+        await client.subscribe("subscription { forbidden { value } }")
+    with pytest.raises(gqlws.GraphqlWsResponseError, match="not a gqlws Subscription"):
+        await client.subscribe("subscription { notGqlws }")
+    assert await client.execute("{ hello }") == {"data": {"hello": "Hello, world!"}}
+
+
+@pytest.fixture
+def slow_gate() -> Any:
+    gate = asyncio.Event()
+    gate.set()
+    SlowSocketConsumer.gate = gate
+    SlowSocketConsumer.deliveries = 0
+    SlowSocketConsumer.stuck = 0
+    yield gate
+    gate.set()
+    SlowSocketConsumer.gate = None
+
+
+async def test_a_slow_client_is_closed_with_1013_when_its_queue_overflows(
+    client_factory: MakeClient, slow_gate: asyncio.Event
+) -> None:
+    client = await client_factory("subscriptions-slow/")
+    sub = await client.subscribe(ON_EVENT, variables={"g": "slow"})
+    slow_gate.clear()  # the socket stops writing
+    await OnEvent.broadcast(group="slow", payload={"seq": 0})
+    await wait_until(lambda: SlowSocketConsumer.stuck == 1)  # the socket holds frame 0
+    for seq in range(1, 20):
+        await OnEvent.broadcast(group="slow", payload={"seq": seq})
+    await wait_until(lambda: SlowSocketConsumer.deliveries == 20)
+    slow_gate.set()
+    received = []
+    with pytest.raises(GraphqlWsConnectionClosed) as closed:
+        while True:
+            received.append((await sub.next(timeout=5))["data"]["onEvent"]["seq"])
+    assert closed.value.code == 1013
+    assert received == [0]  # the frame the socket was stuck on; the queue was dropped
+
+
+async def test_drop_oldest_keeps_the_newest_notifications(
+    client_factory: MakeClient, slow_gate: asyncio.Event
+) -> None:
+    client = await client_factory("subscriptions-dropping/")
+    sub = await client.subscribe(ON_EVENT, variables={"g": "dropping"})
+    slow_gate.clear()
+    await OnEvent.broadcast(group="dropping", payload={"seq": 0})
+    await wait_until(lambda: SlowSocketConsumer.stuck == 1)  # the socket holds frame 0
+    for seq in range(1, 20):
+        await OnEvent.broadcast(group="dropping", payload={"seq": seq})
+    await wait_until(lambda: SlowSocketConsumer.deliveries == 20)
+    slow_gate.set()
+    received = [(await sub.next(timeout=5))["data"]["onEvent"]["seq"] for _ in range(6)]
+    # The frame stuck in the socket, then the 5 newest (the queue's limit).
+    assert received == [0, 15, 16, 17, 18, 19]
+    await client.assert_no_messages(timeout=0.2)

@@ -1,0 +1,21 @@
+"""HTTP routes of the test project: a sync Django view that broadcasts."""
+
+from __future__ import annotations
+
+import json
+
+from django.http import HttpRequest, HttpResponse
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
+
+from tests.subscription_schema import OnEvent
+
+
+@csrf_exempt
+def notify(request: HttpRequest) -> HttpResponse:
+    body = json.loads(request.body)
+    OnEvent.broadcast(group=body["group"], payload=body["payload"])
+    return HttpResponse("sent")
+
+
+urlpatterns = [path("notify/", notify)]
