@@ -313,3 +313,32 @@ async def test_drop_oldest_keeps_the_newest_notifications(
     # The frame stuck in the socket, then the 5 newest (the queue's limit).
     assert received == [0, 15, 16, 17, 18, 19]
     await client.assert_no_messages(timeout=0.2)
+
+
+async def test_chat_over_daphne_with_the_aiohttp_client(
+    daphne_server: ServerProcess, subprotocol: str
+) -> None:
+    url = f"ws://127.0.0.1:{daphne_server.port}/subscriptions-confirm/"
+    alice, bob = (
+        gqlws.GraphqlWsClient(gqlws.GraphqlWsTransportAiohttp(url, subprotocols=[subprotocol]))
+        for _ in range(2)
+    )
+    try:
+        for client, name in ((alice, "alice"), (bob, "bob")):
+            await client.connect_and_init()
+            await client.execute(SET_NAME, {"name": name})
+        alice_sub = await alice.subscribe(ON_CHAT, variables={"room": "daphne"})
+        bob_sub = await bob.subscribe(ON_CHAT, variables={"room": "daphne"})
+        await alice.execute(SEND, {"room": "daphne", "text": "hi bob"})
+        bob_send = 'mutation { sendChatMessageAsync(chatroom: "daphne", text: "hi") { ok } }'
+        await bob.execute(bob_send)
+        assert await bob_sub.next(timeout=10) == {
+            "data": {"onChatMessage": {"chatroom": "daphne", "text": "hi bob", "sender": "alice"}}
+        }
+        assert (await alice_sub.next(timeout=10))["data"]["onChatMessage"]["sender"] == "bob"
+        await alice_sub.complete()
+        await alice.execute(SEND, {"room": "daphne", "text": "still there?"})
+        assert (await bob_sub.next(timeout=10))["data"]["onChatMessage"]["text"] == "still there?"
+    finally:
+        await alice.finalize()
+        await bob.finalize()
