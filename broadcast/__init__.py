@@ -17,6 +17,7 @@ from .fabric import (
     Fabric,
     HistoryLost,
     Position,
+    Reply,
     Sink,
     Subscriber,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "InMemoryFabric",
     "InOrder",
     "Position",
+    "Reply",
     "Sink",
     "Subscriber",
     "get_fabric",

@@ -37,6 +37,7 @@ __all__ = [
     "Fabric",
     "HistoryLost",
     "Position",
+    "Reply",
     "Sink",
     "Subscriber",
 ]
@@ -103,8 +104,16 @@ class Delivery:
     body: Any = None
 
 
-Sink = Callable[[Sequence[Delivery]], None]
-"""Receives an edge's deliveries; called from any thread, must not block."""
+@dataclass(frozen=True)
+class Reply:
+    """The answer to one request an edge sent to a worker (a query's result...)."""
+
+    request_id: str
+    body: bytes
+
+
+Sink = Callable[[Sequence["Delivery | Reply"]], None]
+"""Receives an edge's deliveries and replies; called from any thread, must not block."""
 
 
 class HistoryLost(LookupError):
@@ -127,16 +136,37 @@ class Fabric(ABC):
         """
 
     @abstractmethod
-    def subscribers(self, group: str, before: int) -> Iterator[Subscriber]:
-        """Subscribers of ``group`` registered before offset ``before`` was issued."""
+    def subscribers(
+        self, group: str, before: int, start: int = 0, stop: int | None = None
+    ) -> Iterator[Subscriber]:
+        """Subscribers of ``group`` registered before offset ``before`` was issued.
+
+        In registration order; ``start``/``stop`` select a slice of that order
+        (how a large group's fan-out is split into chunks).
+        """
+
+    @abstractmethod
+    def subscriber_count(self, group: str, before: int) -> int:
+        """How many ``subscribers(group, before)`` would yield."""
 
     @abstractmethod
     def deliver(self, edge_id: str, deliveries: Sequence[Delivery]) -> None:
         """Hand a batch of deliveries to an edge (dropped if the edge is gone)."""
 
     @abstractmethod
+    def reply(self, edge_id: str, request_id: str, body: bytes) -> None:
+        """Send the answer to request ``request_id`` to the edge that asked."""
+
+    @abstractmethod
     def history(self, group: str, after: int, epoch: str) -> list[Event]:
         """Events of ``group`` after offset ``after``; raises ``HistoryLost``."""
+
+    def event_at(self, group: str, epoch: str, offset: int) -> Event:
+        """The event at ``offset``; raises ``HistoryLost`` if it is gone."""
+        events = self.history(group, offset - 1, epoch)
+        if not events or events[0].offset != offset:
+            raise HistoryLost(f"Group {group!r} no longer holds offset {offset}")
+        return events[0]
 
     # ---- Edge side ---------------------------------------------------------
 

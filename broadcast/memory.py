@@ -24,6 +24,7 @@ from .fabric import (
     Fabric,
     HistoryLost,
     Position,
+    Reply,
     Sink,
     Subscriber,
 )
@@ -79,16 +80,29 @@ class InMemoryFabric(Fabric):
                     self._issued.popitem(last=False)
             return event
 
-    def subscribers(self, group: str, before: int) -> Iterator[Subscriber]:
+    def _before(self, group: str, before: int) -> list[Subscriber]:
         with self._lock:
             state = self._groups.get(group)
             found = [] if state is None else list(state.subscribers.values())
-        return (s for s in found if s.positions[group].offset < before)
+        return [s for s in found if s.positions[group].offset < before]
+
+    def subscribers(
+        self, group: str, before: int, start: int = 0, stop: int | None = None
+    ) -> Iterator[Subscriber]:
+        return iter(self._before(group, before)[start:stop])
+
+    def subscriber_count(self, group: str, before: int) -> int:
+        return len(self._before(group, before))
 
     def deliver(self, edge_id: str, deliveries: Sequence[Delivery]) -> None:
         sink = self._sinks.get(edge_id)
         if sink is not None and deliveries:
             sink(deliveries)
+
+    def reply(self, edge_id: str, request_id: str, body: bytes) -> None:
+        sink = self._sinks.get(edge_id)
+        if sink is not None:
+            sink([Reply(request_id, body)])
 
     def history(self, group: str, after: int, epoch: str) -> list[Event]:
         with self._lock:
@@ -143,7 +157,8 @@ class InMemoryFabric(Fabric):
 
     # ---- Introspection (tests, status) --------------------------------------
 
-    def subscriber_count(self, group: str | None = None) -> int:
+    def registered(self, group: str | None = None) -> int:
+        """Subscriptions registered in ``group``, or in all groups."""
         with self._lock:
             if group is not None:
                 state = self._groups.get(group)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broadcast import Delivery, EpochChanged, Fabric, InOrder, Position, get_fabric
+from broadcast import Delivery, EpochChanged, Fabric, InOrder, Position, Reply, get_fabric
 
 __all__ = ["Edge", "Target"]
 
@@ -55,6 +55,7 @@ class Edge:
         self.fabric = fabric
         self._loop = loop
         self._routes: dict[str, _Route] = {}
+        self._replies: dict[str, asyncio.Future[bytes]] = {}
         #: Deliveries dropped as duplicates (a fan-out that ran twice).
         self.duplicates = 0
         fabric.attach_edge(self.edge_id, self._sink)
@@ -83,7 +84,8 @@ class Edge:
             self._routes.pop(sub_id, None)
             raise
         route.orders = {g: InOrder(p.epoch, p.offset) for g, p in positions.items()}
-        early, route.early = route.early, []
+        early: list[Delivery | Reply] = list(route.early)
+        route.early = []
         self._route(early)
         return positions
 
@@ -92,15 +94,26 @@ class Edge:
         if self._routes.pop(sub_id, None) is not None:
             await self.fabric.unregister(self.edge_id, sub_id)
 
-    def _sink(self, deliveries: Sequence[Delivery]) -> None:
+    def expect_reply(self, request_id: str) -> asyncio.Future[bytes]:
+        """A future resolved with the body of the reply to ``request_id``."""
+        future = self._replies[request_id] = self._loop.create_future()
+        future.add_done_callback(lambda _: self._replies.pop(request_id, None))
+        return future
+
+    def _sink(self, deliveries: Sequence[Delivery | Reply]) -> None:
         # Called from fan-out threads: hop onto the loop.
         try:
             self._loop.call_soon_threadsafe(self._route, deliveries)
         except RuntimeError:  # the loop is closed: this edge is gone
             self.fabric.detach_edge(self.edge_id)
 
-    def _route(self, deliveries: Sequence[Delivery]) -> None:
+    def _route(self, deliveries: Sequence[Delivery | Reply]) -> None:
         for delivery in deliveries:
+            if isinstance(delivery, Reply):
+                waiting = self._replies.get(delivery.request_id)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(delivery.body)
+                continue
             route = self._routes.get(delivery.sub_id)
             if route is None:
                 continue  # unsubscribed meanwhile

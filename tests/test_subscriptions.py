@@ -16,6 +16,7 @@ from django.test import Client
 import gqlws
 from broadcast import InMemoryFabric, get_fabric
 from gqlws.transport import GraphqlWsConnectionClosed
+from tests.processes import ServerProcess
 from tests.subscription_schema import (
     UNSUBSCRIBED,
     OnEvent,
@@ -69,7 +70,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
 def group_subscribers(group: str | None) -> int:
     fabric = get_fabric()
     assert isinstance(fabric, InMemoryFabric)
-    return fabric.subscriber_count(OnEvent._group_name(group))
+    return fabric.registered(OnEvent._group_name(group))
 
 
 async def test_a_thousand_broadcasts_arrive_complete_and_in_order_with_concurrent_publish(
@@ -182,7 +183,7 @@ async def test_unsubscribed_is_called_on_disconnect(client_factory: MakeClient) 
     UNSUBSCRIBED.clear()
     await client.finalize()
     await wait_until(lambda: ("OnChatMessage", "bye") in UNSUBSCRIBED)
-    assert get_fabric().subscriber_count() == 0  # type: ignore[attr-defined]
+    assert get_fabric().registered() == 0  # type: ignore[attr-defined]
 
 
 async def test_after_confirmation_a_mutations_notification_always_arrives(
