@@ -34,21 +34,13 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from graphql import OperationType
 
-from . import protocol
+from . import protocol, runtime
 from .context import OperationContext
-from .execution import (
-    InvalidDocument,
-    PreparedOperation,
-    document_cache,
-    execute,
-    format_result,
-    graphql_schema,
-    middleware_list,
-    run_on_loop,
-)
+from .execution import InvalidDocument, document_cache, graphql_schema
+from .executors import CeleryExecutor, EmbeddedExecutor, Executor
 from .operation import Operation, TaskGroup
 from .outbox import Outbox, OverflowPolicy
-from .pool import executor_for, run_in_pool
+from .pool import executor_for
 from .subscriptions import SubscriptionsMixin
 
 __all__ = ["GraphqlWsConsumer"]
@@ -110,6 +102,12 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         self._serial: asyncio.Queue[Operation] | None = None
         #: Tasks ending subscriptions; the disconnect waits for them.
         self._ending: set[asyncio.Task[Any]] = set()
+        settings = runtime.settings()
+        self._runner: Executor = (
+            CeleryExecutor(settings.OPERATION_TIMEOUT)
+            if settings.distributed
+            else EmbeddedExecutor()
+        )
         self._outbox = Outbox(
             self._send_text,
             self._send_close,
@@ -315,8 +313,11 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             if prepared.operation_type is OperationType.SUBSCRIPTION:
                 finished = not await self._subscribe(operation, prepared, payload)
                 return
-            result = await self._execute(operation, prepared, payload.get("variables"))
-            self._emit(operation, session.next(operation.op_id, format_result(result)))
+            context = OperationContext(self.scope, operation.op_id, prepared.operation_name)
+            outcome = await self._runner.run(
+                self, "execute", prepared, payload.get("variables"), context
+            )
+            self._emit(operation, session.next(operation.op_id, outcome.result))
             self._emit(operation, session.complete(operation.op_id))
         except asyncio.CancelledError:
             raise
@@ -327,29 +328,6 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         finally:
             if finished and self._operations.get(operation.op_id) is operation:
                 del self._operations[operation.op_id]
-
-    async def _execute(
-        self,
-        operation: Operation,
-        prepared: PreparedOperation,
-        variables: dict[str, Any] | None,
-        root_value: Any = None,
-        context: OperationContext | None = None,
-    ) -> Any:
-        """Run ``prepared`` in this class's pool with the connection's context."""
-        if context is None:
-            context = OperationContext(self.scope, operation.op_id, prepared.operation_name)
-        return await run_in_pool(
-            self._executor(),
-            execute,
-            graphql_schema(self.schema),
-            prepared,
-            variables=variables,
-            context=context,
-            middleware=middleware_list(self.middleware),
-            run_async=run_on_loop(asyncio.get_running_loop()),
-            root_value=root_value,
-        )
 
     @classmethod
     def _executor(cls) -> ThreadPoolExecutor:

@@ -26,7 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broadcast import Delivery, EpochChanged, Fabric, InOrder, Position, Reply, get_fabric
+from broadcast import Delivery, EpochChanged, Fabric, InOrder, Position, Reply
+
+from . import runtime
 
 __all__ = ["Edge", "Target"]
 
@@ -65,7 +67,7 @@ class Edge:
         """The edge of the running event loop, created on first use."""
         loop = asyncio.get_running_loop()
         edge = cls._by_loop.get(loop)
-        fabric = get_fabric()
+        fabric = runtime.fabric()
         if edge is None or edge.fabric is not fabric:
             edge = cls._by_loop[loop] = cls(loop, fabric)
         return edge

@@ -106,6 +106,8 @@ class PreparedOperation:
     document: DocumentNode
     operation_type: OperationType
     operation_name: str | None
+    #: The request's text, for workers that prepare it again in their process.
+    query: str = ""
 
 
 class DocumentCache:
@@ -147,7 +149,7 @@ class DocumentCache:
                 else "Must provide operation name if query contains multiple operations."
             )
             raise InvalidDocument([{"message": message}])
-        return PreparedOperation(document, operation.operation, operation_name)
+        return PreparedOperation(document, operation.operation, operation_name, query)
 
     def _parse_and_validate(self, query: str) -> DocumentNode | InvalidDocument:
         try:

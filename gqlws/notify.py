@@ -1,7 +1,7 @@
-"""From a broadcast to deliveries: issue the event, then fan it out (embedded mode).
+"""Embedded mode's fan-out: from an issued event to deliveries, in thread pools.
 
-``issue`` gives the event its offset in the fabric and returns; the fan-out
-then runs in the thread pools of the subscribers' consumer classes, in
+Once ``gqlws.runtime.issue`` has given an event its offset, ``dispatch``
+runs in the thread pools of the subscribers' consumer classes, in
 chunks, so that the ``publish`` callbacks of different notifications run
 concurrently. Each subscriber's notification is computed by running its
 subscription document with a ``PublishPhase`` root, and the results go to
@@ -31,7 +31,7 @@ from .phases import PublishPhase
 from .pool import submit
 from .serializer import deserialize
 
-__all__ = ["CHUNK_SIZE", "LocalSubscriber", "issue", "issue_async", "notification_for"]
+__all__ = ["CHUNK_SIZE", "LocalSubscriber", "dispatch", "notification_for"]
 
 LOG = logging.getLogger(__name__)
 
@@ -52,19 +52,8 @@ class LocalSubscriber:
     run_async: RunAsync
 
 
-def issue(group: str, kind: EventKind, payload: bytes) -> Event:
-    """Give the event its offset, then start its fan-out; returns the event."""
-    event = get_fabric().issue(group, kind, payload)
-    _dispatch(event)
-    return event
-
-
-async def issue_async(group: str, kind: EventKind, payload: bytes) -> Event:
-    """``issue`` for coroutines (the in-memory fabric answers without waiting)."""
-    return issue(group, kind, payload)
-
-
-def _dispatch(event: Event) -> None:
+def dispatch(event: Event) -> None:
+    """Fan ``event`` out in the pools of its subscribers' consumer classes."""
     by_executor: dict[ThreadPoolExecutor, list[Subscriber]] = defaultdict(list)
     for subscriber in get_fabric().subscribers(event.group, event.offset):
         by_executor[subscriber.data.executor].append(subscriber)

@@ -59,7 +59,7 @@ from graphene.utils.props import props
 
 from broadcast import EventKind
 
-from . import notify
+from . import runtime
 from .phases import PublishPhase, SubscribePhase, UnsubscribedPhase
 from .serializer import serialize
 
@@ -229,12 +229,12 @@ class Subscription(graphene.ObjectType):
     @classmethod
     def broadcast_sync(cls, group: str | None = None, payload: Any = None) -> None:
         """``broadcast`` for code with no running event loop in its thread."""
-        notify.issue(cls._group_name(group), EventKind.PUBLISH, serialize(payload))
+        runtime.issue(cls._group_name(group), EventKind.PUBLISH, serialize(payload))
 
     @classmethod
     async def broadcast_async(cls, group: str | None = None, payload: Any = None) -> None:
         """``broadcast`` for coroutines."""
-        await notify.issue_async(cls._group_name(group), EventKind.PUBLISH, serialize(payload))
+        await runtime.issue_async(cls._group_name(group), EventKind.PUBLISH, serialize(payload))
 
     @classmethod
     def unsubscribe(cls, group: str | None = None) -> Any:
@@ -246,12 +246,12 @@ class Subscription(graphene.ObjectType):
     @classmethod
     def unsubscribe_sync(cls, group: str | None = None) -> None:
         """``unsubscribe`` for code with no running event loop in its thread."""
-        notify.issue(cls._group_name(group), EventKind.UNSUBSCRIBE, b"")
+        runtime.issue(cls._group_name(group), EventKind.UNSUBSCRIBE, b"")
 
     @classmethod
     async def unsubscribe_async(cls, group: str | None = None) -> None:
         """``unsubscribe`` for coroutines."""
-        await notify.issue_async(cls._group_name(group), EventKind.UNSUBSCRIBE, b"")
+        await runtime.issue_async(cls._group_name(group), EventKind.UNSUBSCRIBE, b"")
 
 
 def _in_event_loop() -> bool:

@@ -28,14 +28,11 @@ from broadcast import Delivery, DeliveryKind
 from . import protocol
 from .context import OperationContext
 from .edge import Edge
-from .execution import PreparedOperation, format_error, graphql_schema, middleware_list, run_on_loop
-from .notify import LocalSubscriber
+from .execution import PreparedOperation
 from .operation import LiveSubscription, Operation
-from .phases import SubscribePhase, UnsubscribedPhase
 
 if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
-
+    from .executors import Executor
     from .outbox import Outbox
 
 __all__ = ["SubscriptionsMixin"]
@@ -59,16 +56,8 @@ class SubscriptionsMixin:
         def _emit(self, operation: Operation, actions: list[protocol.Action]) -> None: ...
         def _apply(self, actions: list[protocol.Action]) -> None: ...
         def _end_later(self, operations: list[Operation], name: str) -> None: ...
-        @classmethod
-        def _executor(cls) -> ThreadPoolExecutor: ...
-        async def _execute(
-            self,
-            operation: Operation,
-            prepared: PreparedOperation,
-            variables: dict[str, Any] | None,
-            root_value: Any = None,
-            context: OperationContext | None = None,
-        ) -> Any: ...
+
+        _runner: Executor
 
     async def _subscribe(
         self, operation: Operation, prepared: PreparedOperation, payload: dict[str, Any]
@@ -79,29 +68,19 @@ class SubscriptionsMixin:
         op_id = operation.op_id
         variables = payload.get("variables")
         context = OperationContext(self.scope, op_id, prepared.operation_name)
-        root = SubscribePhase()
-        result = await self._execute(operation, prepared, variables, root, context)
-        if result.errors:
-            errors = [format_error(error) for error in result.errors]
-            self._emit(operation, session.error(op_id, errors))
+        outcome = await self._runner.run(self, "subscribe", prepared, variables, context)
+        if outcome.errors:
+            self._emit(operation, session.error(op_id, outcome.errors))
             return False
-        if root.subscription is None:
+        if not outcome.is_subscription:
             message = "The subscription field is not a gqlws Subscription"
             self._emit(operation, session.error(op_id, [{"message": message}]))
             return False
         live = LiveSubscription(f"{op_id}:{uuid.uuid4().hex}", prepared, variables, context)
-        data = LocalSubscriber(
-            graphql_schema(self.schema),
-            prepared,
-            variables,
-            context,
-            middleware_list(self.middleware),
-            self._executor(),
-            run_on_loop(asyncio.get_running_loop()),
-        )
+        data = self._runner.subscriber_data(self, prepared, variables, context)
         target = functools.partial(self._on_delivery, operation)
         registering = asyncio.ensure_future(
-            Edge.current().subscribe(live.sub_id, root.groups, data, target)
+            Edge.current().subscribe(live.sub_id, outcome.groups, data, target)
         )
         try:
             # Shielded: a registration cut in half could stay in the fabric.
@@ -147,10 +126,10 @@ class SubscriptionsMixin:
     async def _end_one(self, operation: Operation, live: LiveSubscription) -> None:
         try:
             await Edge.current().unsubscribe(live.sub_id)
-            result = await self._execute(
-                operation, live.prepared, live.variables, UnsubscribedPhase(), live.context
+            outcome = await self._runner.run(
+                self, "unsubscribed", live.prepared, live.variables, live.context
             )
-            if result.errors:
-                LOG.error("unsubscribed of %r failed: %s", operation.op_id, result.errors)
+            if outcome.errors:
+                LOG.error("unsubscribed of %r failed: %s", operation.op_id, outcome.errors)
         except Exception:
             LOG.exception("Ending subscription %r failed", operation.op_id)

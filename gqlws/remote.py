@@ -1,0 +1,298 @@
+"""Distributed mode, the worker's side: requests from edges, fan-out of events.
+
+An edge sends a *request* (a Celery task) carrying everything a worker
+needs and nothing live: the consumer class's dotted path (for the schema
+and middleware), the query text, variables, operation name, the phase
+(``execute``, ``subscribe``, ``unsubscribed``) and a snapshot of the
+connection's scope. The worker imports the consumer class, prepares the
+document with the same cache the edge uses, runs the same ``execute`` as
+embedded mode, and sends the *reply* (result, groups, context delta)
+through the edge's stream (``Fabric.reply``), never a Celery result
+backend.
+
+The context on a worker (Guarantee 6 of DESIGN.md) is a ``WorkerScope``:
+the snapshot, with ``user`` and ``session`` loaded lazily from the user id
+and session key, recording what resolvers change so the edge can apply the
+delta to the live scope.
+
+``fan_out`` computes one event's notifications: the subscribers registered
+before its offset, in chunks; a chunk that is too big is split into more
+tasks. Deliveries go to each edge's stream in one write per chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+from broadcast import Delivery, DeliveryKind, Event, EventKind, Fabric, Subscriber
+
+from .context import OperationContext, TrackingDict
+from .execution import (
+    document_cache,
+    execute,
+    format_error,
+    format_result,
+    graphql_schema,
+    middleware_list,
+)
+from .phases import PublishPhase, SubscribePhase, UnsubscribedPhase
+from .serializer import SerializationError, deserialize, serialize
+
+__all__ = [
+    "WorkerScope",
+    "consumer_path",
+    "fan_out",
+    "run_request",
+    "snapshot_scope",
+]
+
+LOG = logging.getLogger(__name__)
+
+#: Scope keys rebuilt on the worker rather than shipped.
+_LIVE_KEYS = ("user", "session")
+
+
+def consumer_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def import_consumer(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def snapshot_scope(scope: MutableMapping[str, Any]) -> dict[str, Any]:
+    """What of a connection's scope travels to a worker.
+
+    Every key whose value serializes, plus ``user_id`` and ``session_key``
+    in place of the live ``user`` and ``session``. Keys that do not
+    serialize are left out (Channels puts a few such objects there); the
+    ones a resolver stored are checked on the way back, where an error
+    names them.
+    """
+    snapshot: dict[str, Any] = {}
+    for key, value in scope.items():
+        if key in _LIVE_KEYS:
+            continue
+        try:
+            serialize(value)
+        except SerializationError:
+            continue
+        snapshot[key] = value
+    user = scope.get("user")
+    is_authenticated = getattr(user, "is_authenticated", False)
+    snapshot["__user_id"] = getattr(user, "pk", None) if is_authenticated else None
+    session = scope.get("session")
+    snapshot["__session_key"] = getattr(session, "session_key", None)
+    return snapshot
+
+
+class WorkerScope(TrackingDict):
+    """A scope snapshot on a worker: ``user`` and ``session`` load on first use."""
+
+    def _load(self, key: str) -> Any:
+        if key == "session":
+            from importlib import import_module
+
+            from django.conf import settings
+
+            engine = import_module(settings.SESSION_ENGINE)
+            value = engine.SessionStore(session_key=dict.get(self, "__session_key"))
+        else:
+            from django.contrib.auth import get_user_model
+            from django.contrib.auth.models import AnonymousUser
+
+            user_id = dict.get(self, "__user_id")
+            model = get_user_model()
+            value = AnonymousUser()
+            if user_id is not None:
+                value = model._default_manager.filter(pk=user_id).first() or value
+        dict.__setitem__(self, key, value)  # loaded, not changed: not in the delta
+        return value
+
+    def __getitem__(self, key: str) -> Any:
+        if key in _LIVE_KEYS and not dict.__contains__(self, key):
+            return self._load(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in _LIVE_KEYS:
+            return self[key]
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _LIVE_KEYS or super().__contains__(key)
+
+    def checked_delta(self) -> tuple[dict[str, Any], list[str]]:
+        """The delta, with a clear error naming a key whose value cannot travel."""
+        changed, deleted = self.delta()
+        for key, value in changed.items():
+            if key == "session":
+                continue  # saved by the resolver (session.save()); the key travels below
+            try:
+                serialize(value)
+            except SerializationError as error:
+                raise SerializationError(
+                    f"info.context.{key} holds a value that cannot be sent back to the "
+                    f"connection: {error}"
+                ) from None
+        changed.pop("session", None)
+        session = dict.get(self, "session")
+        if session is not None and getattr(session, "session_key", None):
+            changed["__session_key"] = session.session_key
+        return changed, deleted
+
+
+# ---- Running user code without an event loop of our own ----------------------
+
+_loops = threading.local()
+
+
+def run_async(awaitable: Any) -> Any:
+    """Await on this worker thread's private event loop (async resolvers, callbacks)."""
+    loop = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _loops.loop = asyncio.new_event_loop()
+
+    async def _await() -> Any:
+        return await awaitable
+
+    return loop.run_until_complete(_await())
+
+
+def _run_phase(
+    consumer: Any,
+    query: str,
+    operation_name: str | None,
+    variables: Any,
+    scope: WorkerScope,
+    op_id: str,
+    root: Any,
+) -> Any:
+    schema = graphql_schema(consumer.schema)
+    prepared = document_cache(schema).prepare(query, operation_name)
+    return execute(
+        schema,
+        prepared,
+        variables=variables,
+        context=OperationContext(scope, op_id, operation_name),
+        middleware=middleware_list(consumer.middleware),
+        run_async=run_async,
+        root_value=root,
+    )
+
+
+def run_request(fabric: Fabric, request: dict[str, Any]) -> None:
+    """Run one request from an edge and reply to it (unless it is ``unsubscribed``)."""
+    phase = request["phase"]
+    reply: dict[str, Any] = {}
+    try:
+        consumer = import_consumer(request["consumer"])
+        scope = WorkerScope(deserialize(request["scope"]))
+        root: Any = {
+            "execute": None,
+            "subscribe": SubscribePhase(),
+            "unsubscribed": UnsubscribedPhase(),
+        }[phase]
+        result = _run_phase(
+            consumer,
+            request["query"],
+            request.get("operation_name"),
+            request.get("variables"),
+            scope,
+            request["op_id"],
+            root,
+        )
+        reply["result"] = format_result(result)
+        if isinstance(root, SubscribePhase):
+            reply["groups"] = root.groups
+            reply["is_subscription"] = root.subscription is not None
+        reply["delta"] = serialize(scope.checked_delta())
+    except SerializationError as error:
+        reply = {"result": {"data": None, "errors": [{"message": str(error)}]}}
+    except Exception as error:
+        LOG.exception("Request %s failed on the worker", request.get("request_id"))
+        reply = {"result": {"data": None, "errors": [format_error(_as_graphql_error(error))]}}
+    if phase != "unsubscribed":
+        fabric.reply(request["edge_id"], request["request_id"], serialize(reply))
+
+
+def _as_graphql_error(error: Exception) -> Any:
+    from graphql import GraphQLError
+
+    return GraphQLError("Internal server error", original_error=error)
+
+
+# ---- Fan-out -------------------------------------------------------------------
+
+
+def fan_out(
+    fabric: Fabric,
+    group: str,
+    epoch: str,
+    offset: int,
+    *,
+    chunk_size: int,
+    start: int = 0,
+    stop: int | None = None,
+    split: Callable[[int, int], None] | None = None,
+) -> int:
+    """Compute and deliver the notifications of one event; returns how many.
+
+    Without ``stop`` the whole group is in scope: if it is bigger than one
+    chunk, ``split(start, stop)`` is called for every chunk but the first,
+    which this call computes itself.
+    """
+    if stop is None:
+        total = fabric.subscriber_count(group, offset)
+        stop = min(total, start + chunk_size)
+        if split is not None:
+            for chunk_start in range(stop, total, chunk_size):
+                split(chunk_start, min(total, chunk_start + chunk_size))
+    event = fabric.event_at(group, epoch, offset)
+    by_edge: dict[str, list[Delivery]] = defaultdict(list)
+    count = 0
+    for subscriber in fabric.subscribers(group, offset, start, stop):
+        by_edge[subscriber.edge_id].append(notification_for(event, subscriber))
+        count += 1
+    for edge_id, deliveries in by_edge.items():
+        fabric.deliver(edge_id, deliveries)
+    return count
+
+
+def notification_for(event: Event, subscriber: Subscriber) -> Delivery:
+    """One subscriber's delivery for ``event``, computed from its registration data."""
+
+    def delivery(kind: DeliveryKind, body: Any = None) -> Delivery:
+        return Delivery(subscriber.sub_id, event.group, event.epoch, event.offset, kind, body)
+
+    if event.kind is EventKind.UNSUBSCRIBE:
+        return delivery(DeliveryKind.END)
+    try:
+        data = deserialize(subscriber.data)
+        consumer = import_consumer(data["consumer"])
+        root = PublishPhase(deserialize(event.payload))
+        result = _run_phase(
+            consumer,
+            data["query"],
+            data.get("operation_name"),
+            data.get("variables"),
+            WorkerScope(deserialize(data["scope"])),
+            data["op_id"],
+            root,
+        )
+    except Exception:
+        LOG.exception("Computing a notification of %r failed", event.group)
+        return delivery(DeliveryKind.RESULT, {"data": None, "errors": [_INTERNAL]})
+    if root.skipped and not result.errors:
+        return delivery(DeliveryKind.SKIP)
+    return delivery(DeliveryKind.RESULT, format_result(result))
+
+
+_INTERNAL = {"message": "Internal server error"}

@@ -1,0 +1,112 @@
+"""What this process runs on: the settings, the fabric, and where work goes.
+
+One switch, ``GQLWS["REDIS_URL"]``, decides everything here:
+
+* embedded (unset): the in-memory fabric; fan-out and operations run in the
+  consumers' thread pools;
+* distributed (set): the Redis fabric; fan-out and operations are Celery
+  tasks (``workers.tasks``), sent by name so that this package never
+  imports the workers.
+
+``issue`` is the one way an event enters the fabric: it returns once the
+event has its offset, then starts its fan-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from typing import Any
+
+from broadcast import Event, EventKind, Fabric, get_fabric, set_fabric
+
+from .settings import Settings, get_settings, reset_settings
+
+__all__ = [
+    "celery_app",
+    "fabric",
+    "issue",
+    "issue_async",
+    "reset",
+    "send_task",
+    "settings",
+]
+
+_lock = threading.Lock()
+_configured = False
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def fabric() -> Fabric:
+    """The fabric of this process, chosen from the settings on first use."""
+    global _configured
+    if not _configured:
+        with _lock:
+            if not _configured:
+                config = settings()
+                if config.distributed:
+                    set_fabric(_build_fabric(config))
+                _configured = True
+    return get_fabric()
+
+
+def reset() -> None:
+    """Forget the settings and the fabric (tests that switch modes)."""
+    global _configured
+    with _lock:
+        reset_settings()
+        set_fabric(None)
+        celery_app.cache_clear()
+        _configured = False
+
+
+def _build_fabric(config: Settings) -> Fabric:
+    from broadcast.redis import RedisFabric
+
+    assert config.REDIS_URL is not None
+    return RedisFabric(
+        config.REDIS_URL,
+        prefix=config.KEY_PREFIX,
+        history_length=config.HISTORY_LENGTH,
+        history_ttl=config.HISTORY_TTL,
+        heartbeat_interval=config.EDGE_HEARTBEAT_INTERVAL,
+        heartbeat_ttl=config.EDGE_HEARTBEAT_TTL,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def celery_app() -> Any:
+    """A Celery app for *sending* gqlws tasks, configured from Django's settings."""
+    from celery import Celery
+
+    app = Celery("gqlws-sender")
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    return app
+
+
+def send_task(name: str, args: tuple[Any, ...]) -> None:
+    """Send a gqlws task to the workers (msgpack: payloads and snapshots are bytes)."""
+    celery_app().send_task(name, args=args, queue=settings().CELERY_QUEUE, serializer="msgpack")
+
+
+def issue(group: str, kind: EventKind, payload: bytes) -> Event:
+    """Give the event its offset, then start its fan-out; returns the event."""
+    event = fabric().issue(group, kind, payload)
+    if settings().distributed:
+        send_task("gqlws.fanout", (event.group, event.epoch, event.offset))
+    else:
+        from .notify import dispatch
+
+        dispatch(event)
+    return event
+
+
+async def issue_async(group: str, kind: EventKind, payload: bytes) -> Event:
+    """``issue`` for coroutines; network calls leave the event loop free."""
+    if settings().distributed:
+        return await asyncio.to_thread(issue, group, kind, payload)
+    return issue(group, kind, payload)
