@@ -56,6 +56,9 @@ class DeliveryKind(str, enum.Enum):
     RESULT = "result"  # a notification to send
     SKIP = "skip"  # publish suppressed it: advance silently
     END = "end"  # the server ended the subscription (group unsubscribe)
+    # Raised by an edge itself, never sent by a fan-out:
+    LOST = "lost"  # notifications are missing for good: end, the client must resync
+    RESYNC = "resync"  # the group's stream restarted: say so, then go on from there
 
 
 @dataclass(frozen=True)
@@ -181,8 +184,14 @@ class Fabric(ABC):
         """Forget a subscription (no-op if unknown)."""
 
     @abstractmethod
-    def attach_edge(self, edge_id: str, sink: Sink) -> None:
-        """Route the deliveries of ``edge_id`` to ``sink`` from now on."""
+    def attach_edge(
+        self, edge_id: str, sink: Sink, *, on_lost: Callable[[], None] | None = None
+    ) -> None:
+        """Route the deliveries of ``edge_id`` to ``sink`` from now on.
+
+        ``on_lost`` is called when the fabric finds it lost the edge's
+        registrations (its store restarted): the edge registers them again.
+        """
 
     @abstractmethod
     def detach_edge(self, edge_id: str) -> None:

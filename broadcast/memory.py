@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,7 +143,10 @@ class InMemoryFabric(Fabric):
             if state is not None:
                 state.subscribers.pop(sub_id, None)
 
-    def attach_edge(self, edge_id: str, sink: Sink) -> None:
+    def attach_edge(
+        self, edge_id: str, sink: Sink, *, on_lost: Callable[[], None] | None = None
+    ) -> None:
+        # Memory is never lost while the process lives: on_lost is never called.
         with self._lock:
             self._sinks[edge_id] = sink
             self._edges.setdefault(edge_id, {})

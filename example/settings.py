@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -24,3 +25,11 @@ ROOT_URLCONF = "example.urls"
 ASGI_APPLICATION = "example.asgi.application"
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+# Distributed mode by configuration: set GQLWS_REDIS_URL (and run Celery
+# workers with `celery -A workers worker -Q gqlws`) to serve the same
+# project from several edges.
+if os.environ.get("GQLWS_REDIS_URL"):
+    GQLWS = {"REDIS_URL": os.environ["GQLWS_REDIS_URL"]}
+    CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", os.environ["GQLWS_REDIS_URL"])
+    CELERY_ACCEPT_CONTENT = ["msgpack", "json"]

@@ -1,19 +1,30 @@
 """``Edge``: where deliveries meet connections, back in order.
 
 An edge owns WebSockets. It registers their subscriptions with the fabric
-and receives, from any thread, batches of deliveries for them. It routes
-each delivery to its subscription's ``InOrder`` buffer (one per group) on
-the event loop, and hands what the buffer releases to the subscription's
-target, the consumer, in offset order.
+and receives, from any thread, batches of deliveries for them (and replies
+to the requests it sent to workers). It routes each delivery to its
+subscription's ``InOrder`` buffer (one per group) on the event loop, and
+hands what the buffer releases to the subscription's target, the consumer,
+in offset order.
 
-In embedded mode there is one edge per event loop (a server has one; a test
-suite may run many loops one after the other).
+There is one edge per event loop (a server has one; a test suite may run
+many loops one after the other).
 
-Race handled here: a delivery can arrive while its subscription's
-registration is still on its way back from the fabric (a Redis round trip),
-before the edge knows the registration offsets. Such deliveries are held
-and replayed through the buffer once the offsets are known, instead of
-being dropped as unknown.
+Races and losses handled here:
+
+* A delivery can arrive while its subscription's registration is still on
+  its way back from the fabric (a Redis round trip), before the edge knows
+  the registration offsets. Such deliveries are held and replayed through
+  the buffer once the offsets are known, instead of being dropped.
+* A gap (a later offset arrived, an earlier one did not) waits
+  ``GAP_WAIT``; then the missing events are looked up in the group's
+  history and recomputed for this subscriber by a worker. Where history no
+  longer has them (trimmed, or a new epoch), the subscription ends with a
+  ``LOST`` delivery: the client must resync. (Embedded mode never has gaps:
+  every offset is always delivered.)
+* The fabric lost the edge's registrations (a Redis restart): every
+  subscription is registered again, and where its groups started a new
+  epoch the target gets a ``RESYNC`` delivery, so the loss is never silent.
 """
 
 from __future__ import annotations
@@ -26,7 +37,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broadcast import Delivery, EpochChanged, Fabric, InOrder, Position, Reply
+from broadcast import (
+    Delivery,
+    DeliveryKind,
+    EpochChanged,
+    Fabric,
+    HistoryLost,
+    InOrder,
+    Position,
+    Reply,
+)
 
 from . import runtime
 
@@ -37,12 +57,19 @@ LOG = logging.getLogger(__name__)
 Target = Callable[[Delivery], None]
 """Receives a subscription's deliveries in order, on the edge's loop."""
 
+#: Gap checks before a gap that history could fill is given up as lost.
+_GAP_ATTEMPTS = 5
+
 
 @dataclass
 class _Route:
     target: Target
+    groups: tuple[str, ...]
+    data: Any
     orders: dict[str, InOrder[Delivery]] | None = None
     early: list[Delivery] = field(default_factory=list)
+    #: Per group: (the ``last`` offset a gap check was scheduled at, attempts).
+    gap_checks: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class Edge:
@@ -55,12 +82,13 @@ class Edge:
     def __init__(self, loop: asyncio.AbstractEventLoop, fabric: Fabric) -> None:
         self.edge_id = uuid.uuid4().hex
         self.fabric = fabric
+        self.gap_wait = runtime.settings().GAP_WAIT
         self._loop = loop
         self._routes: dict[str, _Route] = {}
         self._replies: dict[str, asyncio.Future[bytes]] = {}
         #: Deliveries dropped as duplicates (a fan-out that ran twice).
         self.duplicates = 0
-        fabric.attach_edge(self.edge_id, self._sink)
+        fabric.attach_edge(self.edge_id, self._sink, on_lost=self._on_lost)
 
     @classmethod
     def current(cls) -> Edge:
@@ -75,11 +103,13 @@ class Edge:
     def __len__(self) -> int:
         return len(self._routes)
 
+    # ---- Subscriptions ---------------------------------------------------------
+
     async def subscribe(
         self, sub_id: str, groups: Sequence[str], data: Any, target: Target
     ) -> dict[str, Position]:
         """Register a subscription; from now on its deliveries go to ``target``."""
-        route = self._routes[sub_id] = _Route(target)
+        route = self._routes[sub_id] = _Route(target, tuple(groups), data)
         try:
             positions = await self.fabric.register(self.edge_id, sub_id, groups, data)
         except BaseException:
@@ -102,8 +132,10 @@ class Edge:
         future.add_done_callback(lambda _: self._replies.pop(request_id, None))
         return future
 
+    # ---- Routing -----------------------------------------------------------------
+
     def _sink(self, deliveries: Sequence[Delivery | Reply]) -> None:
-        # Called from fan-out threads: hop onto the loop.
+        # Called from fan-out threads and stream readers: hop onto the loop.
         try:
             self._loop.call_soon_threadsafe(self._route, deliveries)
         except RuntimeError:  # the loop is closed: this edge is gone
@@ -129,12 +161,100 @@ class Edge:
             try:
                 released = order.push(delivery.epoch, delivery.offset, delivery)
             except EpochChanged:
-                LOG.warning("Group %r changed epoch under %r", delivery.group, delivery.sub_id)
+                self._lose(delivery.sub_id, delivery.group, "its group's stream was restarted")
                 continue
             if not released and delivery.offset <= order.last:
                 self.duplicates += 1
             for item in released:
-                try:
-                    route.target(item)
-                except Exception:
-                    LOG.exception("Delivering to subscription %r failed", delivery.sub_id)
+                self._hand(route, item)
+            if order.waiting:
+                self._schedule_gap_check(delivery.sub_id, delivery.group, order.last)
+
+    def _hand(self, route: _Route, delivery: Delivery) -> None:
+        try:
+            route.target(delivery)
+        except Exception:
+            LOG.exception("Delivering to subscription %r failed", delivery.sub_id)
+
+    def _lose(self, sub_id: str, group: str, why: str) -> None:
+        """End a subscription whose notifications can no longer all be delivered."""
+        route = self._routes.pop(sub_id, None)
+        if route is None:
+            return
+        LOG.warning("Subscription %r lost notifications of %r: %s", sub_id, group, why)
+        self._hand(route, Delivery(sub_id, group, "", 0, DeliveryKind.LOST, why))
+        self._loop.create_task(self.fabric.unregister(self.edge_id, sub_id))
+
+    # ---- Gaps ----------------------------------------------------------------------
+
+    def _schedule_gap_check(self, sub_id: str, group: str, last: int) -> None:
+        route = self._routes[sub_id]
+        scheduled = route.gap_checks.get(group)
+        if scheduled is not None and scheduled[0] == last:
+            return  # already being watched at this position
+        route.gap_checks[group] = (last, 0)
+        self._loop.call_later(self.gap_wait, self._check_gap, sub_id, group, last)
+
+    def _check_gap(self, sub_id: str, group: str, last: int) -> None:
+        route = self._routes.get(sub_id)
+        if route is None or route.orders is None:
+            return
+        order = route.orders[group]
+        if order.last != last or not order.waiting:
+            return  # filled (or moved on) meanwhile
+        _, attempts = route.gap_checks.get(group, (last, 0))
+        if attempts >= _GAP_ATTEMPTS:
+            self._lose(sub_id, group, "missing notifications were not recomputed in time")
+            return
+        route.gap_checks[group] = (last, attempts + 1)
+        self._loop.create_task(self._fill_gap(sub_id, group, order.epoch, order.missing()))
+        self._loop.call_later(self.gap_wait * 2, self._check_gap, sub_id, group, last)
+
+    async def _fill_gap(self, sub_id: str, group: str, epoch: str, offsets: list[int]) -> None:
+        route = self._routes.get(sub_id)
+        if route is None or not offsets:
+            return
+        try:
+            for offset in offsets:
+                await asyncio.to_thread(self.fabric.event_at, group, epoch, offset)
+        except HistoryLost as error:
+            self._lose(sub_id, group, str(error))
+            return
+        except Exception:
+            LOG.exception("Looking up a gap of %r in history failed; will retry", group)
+            return
+        args = (self.edge_id, sub_id, route.data, group, epoch, offsets)
+        await asyncio.to_thread(runtime.send_task, "gqlws.renotify", args)
+
+    # ---- The fabric lost our registrations (a Redis restart) -----------------------
+
+    def _on_lost(self) -> None:
+        """Called from the fabric's heartbeat; re-registers everything on the loop."""
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._reregister()))
+
+    async def _reregister(self) -> None:
+        for sub_id, route in list(self._routes.items()):
+            if route.orders is None:
+                continue
+            try:
+                positions = await self.fabric.register(
+                    self.edge_id, sub_id, route.groups, route.data
+                )
+            except Exception:
+                LOG.exception("Registering %r again failed", sub_id)
+                continue
+            for group, position in positions.items():
+                order = route.orders[group]
+                if position.epoch != order.epoch:
+                    route.orders[group] = InOrder(position.epoch, position.offset)
+                    self._hand(
+                        route,
+                        Delivery(
+                            sub_id,
+                            group,
+                            position.epoch,
+                            position.offset,
+                            DeliveryKind.RESYNC,
+                            "the group's stream was restarted",
+                        ),
+                    )

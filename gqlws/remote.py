@@ -48,6 +48,7 @@ __all__ = [
     "WorkerScope",
     "consumer_path",
     "fan_out",
+    "renotify",
     "run_request",
     "snapshot_scope",
 ]
@@ -264,6 +265,23 @@ def fan_out(
     for edge_id, deliveries in by_edge.items():
         fabric.deliver(edge_id, deliveries)
     return count
+
+
+def renotify(
+    fabric: Fabric,
+    edge_id: str,
+    sub_id: str,
+    data: bytes,
+    group: str,
+    epoch: str,
+    offsets: list[int],
+) -> None:
+    """Compute again, for one subscriber, the notifications of ``offsets``."""
+    subscriber = Subscriber(edge_id, sub_id, {}, data)
+    deliveries = [
+        notification_for(fabric.event_at(group, epoch, offset), subscriber) for offset in offsets
+    ]
+    fabric.deliver(edge_id, deliveries)
 
 
 def notification_for(event: Event, subscriber: Subscriber) -> Delivery:

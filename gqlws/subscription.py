@@ -47,6 +47,7 @@ group), so two Subscription classes never see each other's broadcasts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -57,13 +58,13 @@ from graphene.types.utils import yank_fields_from_attrs
 from graphene.utils.get_unbound_function import get_unbound_function
 from graphene.utils.props import props
 
-from broadcast import EventKind
+from broadcast import Event, EventKind
 
 from . import runtime
 from .phases import PublishPhase, SubscribePhase, UnsubscribedPhase
 from .serializer import serialize
 
-__all__ = ["Subscription"]
+__all__ = ["Broadcast", "Subscription"]
 
 
 class _Skip:
@@ -85,6 +86,54 @@ def _then(value: Any, after: Callable[[Any], Any]) -> Any:
 
         return _await()
     return after(value)
+
+
+class Broadcast:
+    """``Sub.broadcast``: notify the subscribers of a group of ``Sub``.
+
+    * ``Sub.broadcast(group=, payload=)`` in sync code, ``await
+      Sub.broadcast(group=, payload=)`` in async code (it returns a coroutine
+      when the calling thread runs an event loop);
+    * ``Sub.broadcast.delay(group=, payload=)`` from anywhere (views, Celery
+      tasks, scripts, async code alike): never a coroutine; returns the
+      issued ``broadcast.Event`` once it has its offset, while the fan-out
+      runs on the workers (in embedded mode, in the thread pools);
+    * ``Sub.broadcast.delay_on_commit(...)``: the same, once the current
+      database transaction commits (nothing is sent if it rolls back).
+
+    Every form returns once the notification has its place in the group's
+    order, so two broadcasts in a row reach every subscriber in that order.
+    """
+
+    def __init__(self, subscription: type[Subscription]) -> None:
+        self.subscription = subscription
+
+    def __call__(self, group: str | None = None, payload: Any = None) -> Any:
+        if _in_event_loop():
+            return self.subscription.broadcast_async(group=group, payload=payload)
+        return self.subscription.broadcast_sync(group=group, payload=payload)
+
+    def delay(self, group: str | None = None, payload: Any = None) -> Event:
+        name = self.subscription._group_name(group)
+        return runtime.issue(name, EventKind.PUBLISH, serialize(payload))
+
+    def delay_on_commit(
+        self, group: str | None = None, payload: Any = None, using: str | None = None
+    ) -> None:
+        from django.db import transaction
+
+        data = serialize(payload)  # fail now, in the view, not at commit time
+        name = self.subscription._group_name(group)
+        transaction.on_commit(
+            functools.partial(runtime.issue, name, EventKind.PUBLISH, data), using=using
+        )
+
+
+class BroadcastDescriptor:
+    """Binds ``Broadcast`` to the Subscription class it is read from."""
+
+    def __get__(self, instance: Any, owner: type[Subscription]) -> Broadcast:
+        return Broadcast(owner)
 
 
 class SubscriptionOptions(ObjectTypeOptions):
@@ -215,16 +264,9 @@ class Subscription(graphene.ObjectType):
 
     # ---- Notifying ------------------------------------------------------------
 
-    @classmethod
-    def broadcast(cls, group: str | None = None, payload: Any = None) -> Any:
-        """Notify the subscribers of ``group``: call it in sync code, await it in async code.
-
-        Returns once the notification has its place in the group's order, so
-        two broadcasts in a row reach every subscriber in that order.
-        """
-        if _in_event_loop():
-            return cls.broadcast_async(group=group, payload=payload)
-        return cls.broadcast_sync(group=group, payload=payload)
+    #: ``Sub.broadcast(group=, payload=)``, ``Sub.broadcast.delay(...)``,
+    #: ``Sub.broadcast.delay_on_commit(...)``: see ``Broadcast``.
+    broadcast = BroadcastDescriptor()
 
     @classmethod
     def broadcast_sync(cls, group: str | None = None, payload: Any = None) -> None:

@@ -111,6 +111,13 @@ class SubscriptionsMixin:
             del self._operations[operation.op_id]
             self._apply(self._session.complete(operation.op_id))
             self._end_later([operation], f"unsubscribe {operation.op_id}")
+        elif delivery.kind is DeliveryKind.LOST:
+            del self._operations[operation.op_id]
+            self._apply(self._session.error(operation.op_id, [_resync_error(delivery, True)]))
+            self._end_later([operation], f"lost {operation.op_id}")
+        elif delivery.kind is DeliveryKind.RESYNC:
+            notice = {"data": None, "errors": [_resync_error(delivery, False)]}
+            self._apply(self._session.next(operation.op_id, notice))
 
     async def _end_subscriptions(self, operations: list[Operation]) -> None:
         """Unregister subscriptions and run their ``unsubscribed`` callbacks, once each."""
@@ -133,3 +140,12 @@ class SubscriptionsMixin:
                 LOG.error("unsubscribed of %r failed: %s", operation.op_id, outcome.errors)
         except Exception:
             LOG.exception("Ending subscription %r failed", operation.op_id)
+
+
+def _resync_error(delivery: Delivery, ended: bool) -> dict[str, Any]:
+    """The error telling a client that notifications were lost and it must resync."""
+    what = "The subscription ended" if ended else "Notifications may have been lost"
+    return {
+        "message": f"{what}: {delivery.body}. Reload the current state to resync.",
+        "extensions": {"code": "RESYNC", "ended": ended},
+    }

@@ -33,3 +33,16 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"gqlws": {"handlers": ["console"], "level": "WARNING"}},
 }
+
+# Distributed mode, when the test harness starts Redis and workers: the same
+# project then runs on Daphne edges and Celery workers (tests.cluster).
+if os.environ.get("GQLWS_REDIS_URL"):
+    GQLWS = {
+        "REDIS_URL": os.environ["GQLWS_REDIS_URL"],
+        "EDGE_HEARTBEAT_INTERVAL": 0.5,
+        "EDGE_HEARTBEAT_TTL": 3.0,
+        "OPERATION_TIMEOUT": float(os.environ.get("GQLWS_OPERATION_TIMEOUT", "20")),
+    }
+    CELERY_BROKER_URL = os.environ["GQLWS_REDIS_URL"]
+    CELERY_ACCEPT_CONTENT = ["msgpack", "json"]
+    CELERY_TASK_SERIALIZER = "msgpack"

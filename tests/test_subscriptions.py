@@ -343,3 +343,38 @@ async def test_chat_over_daphne_with_the_aiohttp_client(
     finally:
         await alice.finalize()
         await bob.finalize()
+
+
+async def test_broadcast_delay_returns_the_issued_event_even_in_async_code(
+    client_factory: MakeClient,
+) -> None:
+    client = await client_factory()
+    sub = await client.subscribe(ON_EVENT, variables={"g": "delayed"})
+    first = OnEvent.broadcast.delay(group="delayed", payload={"seq": 1})
+    second = OnEvent.broadcast.delay(group="delayed", payload={"seq": 2})
+    assert second.offset == first.offset + 1
+    assert second.group == first.group == OnEvent._group_name("delayed")
+    assert [(await sub.next(timeout=5))["data"]["onEvent"]["seq"] for _ in range(2)] == [1, 2]
+
+
+async def test_broadcast_delay_on_commit_sends_only_what_commits(
+    client_factory: MakeClient,
+) -> None:
+    from django.db import transaction
+
+    client = await client_factory()
+    sub = await client.subscribe(ON_EVENT, variables={"g": "tx"})
+
+    def view(commit: bool, seq: int) -> None:
+        try:
+            with transaction.atomic():
+                OnEvent.broadcast.delay_on_commit(group="tx", payload={"seq": seq})
+                if not commit:
+                    raise RuntimeError("roll back")
+        except RuntimeError:
+            pass
+
+    await sync_to_async(view)(False, 1)
+    await sync_to_async(view)(True, 2)
+    assert (await sub.next(timeout=5))["data"]["onEvent"]["seq"] == 2
+    await client.assert_no_messages(timeout=0.2)

@@ -21,3 +21,5 @@ app.conf.task_ignore_result = True
 # more would keep work away from idle workers (and lose it with this one).
 app.conf.worker_prefetch_multiplier = 1
 app.conf.include = ["workers.tasks"]
+# Requests carry bytes (scope snapshots, payloads): edges send them as msgpack.
+app.conf.accept_content = sorted({*app.conf.accept_content, "msgpack", "json"})

@@ -19,7 +19,7 @@ from gqlws import remote, runtime
 
 from .app import app
 
-__all__ = ["execute", "fanout", "issue"]
+__all__ = ["execute", "fanout", "issue", "renotify"]
 
 
 @app.task(name="gqlws.execute", acks_late=False)
@@ -46,6 +46,14 @@ def fanout(group: str, epoch: str, offset: int, start: int = 0, stop: int | None
         stop=stop,
         split=split,
     )
+
+
+@app.task(name="gqlws.renotify", acks_late=True, reject_on_worker_lost=True)
+def renotify(
+    edge_id: str, sub_id: str, data: bytes, group: str, epoch: str, offsets: list[int]
+) -> None:
+    """Recompute one subscriber's notifications an edge found missing (a gap)."""
+    remote.renotify(runtime.fabric(), edge_id, sub_id, data, group, epoch, offsets)
 
 
 @app.task(name="gqlws.issue")
