@@ -9,7 +9,9 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 django.setup()
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.core.asgi import get_asgi_application  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from tests import schema, subscription_schema  # noqa: E402
@@ -30,4 +32,6 @@ websocket_routes = URLRouter(
     ]
 )
 
-application = ProtocolTypeRouter({"websocket": websocket_routes})
+application = ProtocolTypeRouter(
+    {"http": get_asgi_application(), "websocket": AuthMiddlewareStack(websocket_routes)}
+)

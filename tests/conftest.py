@@ -9,11 +9,13 @@ process with the aiohttp client transport. Tests that take it run twice.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +34,41 @@ from gqlws.transport import DEFAULT_SUBPROTOCOLS, GraphqlWsTransport  # noqa: E4
 from tests import processes  # noqa: E402
 
 Connect = Callable[..., Awaitable[GraphqlWsTransport]]
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    """The distributed topology for the whole run: Redis, 2 Daphne edges, 2 Celery workers."""
+    from tests.cluster import Cluster
+
+    log_dir = Path(_TMP) / "cluster"
+    log_dir.mkdir(exist_ok=True)
+    with Cluster(edges=2, workers=2, project="tests", log_dir=log_dir) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def distributed_runtime(redis_url: str) -> Iterator[None]:
+    """Switch this test process to distributed mode (it broadcasts through Redis)."""
+    from django.conf import settings
+
+    from gqlws import runtime
+
+    keys = ("GQLWS", "CELERY_BROKER_URL", "CELERY_ACCEPT_CONTENT")
+    saved = {key: getattr(settings, key) for key in keys if hasattr(settings, key)}
+    settings.GQLWS = {"REDIS_URL": redis_url}
+    settings.CELERY_BROKER_URL = redis_url
+    settings.CELERY_ACCEPT_CONTENT = ["msgpack", "json"]
+    runtime.reset()
+    try:
+        yield
+    finally:
+        for key in keys:
+            if key in saved:
+                setattr(settings, key, saved[key])
+            elif hasattr(settings, key):
+                delattr(settings, key)
+        runtime.reset()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,25 @@ from typing import Any, ClassVar
 import graphene
 
 import gqlws
-from tests.schema import Query
+from tests import schema as base_schema
+
+
+class Query(base_schema.Query):
+    process = graphene.String(description="Where resolvers run: the process's command name")
+    whoami = graphene.String()
+
+    @staticmethod
+    def resolve_process(root: Any, info: Any) -> str:
+        import os
+        import sys
+
+        return f"{os.path.basename(sys.argv[0])} {os.getpid()}"
+
+    @staticmethod
+    def resolve_whoami(root: Any, info: Any) -> str:
+        user = info.context.user
+        return user.username if user.is_authenticated else "anonymous"
+
 
 #: (subscription class name, group argument) of every ``unsubscribed`` call.
 UNSUBSCRIBED: list[tuple[str, str | None]] = []
@@ -171,7 +189,43 @@ class SendChatMessageAsync(graphene.Mutation):
         return SendChatMessageAsync(ok=True)
 
 
+class Login(graphene.Mutation):
+    """Logs the connection in with Django's session auth (through Channels)."""
+
+    class Arguments:
+        username = graphene.String(required=True)
+        password = graphene.String(required=True)
+
+    ok = graphene.Boolean()
+
+    @staticmethod
+    def mutate(root: Any, info: Any, username: str, password: str) -> Login:
+        import channels.auth
+        import django.contrib.auth
+        from asgiref.sync import async_to_sync
+
+        user = django.contrib.auth.authenticate(username=username, password=password)
+        if user is None:
+            return Login(ok=False)
+        async_to_sync(channels.auth.login)(info.context._asdict(), user)
+        info.context.session.save()
+        return Login(ok=True)
+
+
+class StoreUnsendable(graphene.Mutation):
+    """Stores in the context a value that cannot leave the process."""
+
+    ok = graphene.Boolean()
+
+    @staticmethod
+    def mutate(root: Any, info: Any) -> StoreUnsendable:
+        info.context.unsendable = threading.Lock()
+        return StoreUnsendable(ok=True)
+
+
 class Mutation(graphene.ObjectType):
+    login = Login.Field()
+    store_unsendable = StoreUnsendable.Field()
     set_name = SetName.Field()
     send_chat_message = SendChatMessage.Field()
     send_chat_message_async = SendChatMessageAsync.Field()

@@ -1,0 +1,122 @@
+"""Distributed mode specifics: work runs on workers, order holds across edges and workers."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+
+import gqlws
+from tests.conftest import distributed_runtime
+from tests.processes import ROOT
+
+
+@pytest.fixture
+async def edge_clients(cluster: Any) -> Any:
+    clients: list[gqlws.GraphqlWsClient] = []
+
+    async def make(edge: int, path: str = "subscriptions-confirm/") -> gqlws.GraphqlWsClient:
+        transport = gqlws.GraphqlWsTransportAiohttp(cluster.edge_urls[edge] + path)
+        transport.TIMEOUT = 60
+        client = gqlws.testing.GraphqlWsClient(transport)
+        await client.connect_and_init()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        if client.connected:
+            await client.finalize()
+
+
+async def test_two_thousand_delayed_broadcasts_from_a_third_process_reach_both_edges_in_order(
+    cluster: Any, edge_clients: Any
+) -> None:
+    group = "third-process"
+    query = "subscription($g: String) { onEvent(group: $g, sleepMs: 5) { seq } }"
+    subs = []
+    for edge in (0, 1):
+        client = await edge_clients(edge)
+        subs.append(await client.subscribe(query, variables={"g": group}))
+    script = textwrap.dedent(
+        f"""
+        import django
+        django.setup()
+        from tests.subscription_schema import OnEvent
+        for seq in range(2000):
+            OnEvent.broadcast.delay(group={group!r}, payload={{"seq": seq}})
+        """
+    )
+    sender = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, cwd=ROOT, env=cluster.env, stderr=subprocess.PIPE
+    )
+
+    async def collect(sub: Any) -> list[int]:
+        return [(await sub.next(timeout=60))["data"]["onEvent"]["seq"] for _ in range(2000)]
+
+    received = await asyncio.wait_for(asyncio.gather(*(collect(sub) for sub in subs)), 180)
+    _, stderr = await asyncio.wait_for(sender.communicate(), 60)
+    assert sender.returncode == 0, stderr.decode()
+    for seqs in received:
+        assert seqs == list(range(2000))  # complete, in order, no duplicates
+    for sub in subs:
+        with pytest.raises(asyncio.TimeoutError):
+            await sub.next(timeout=0.3)  # and nothing more
+
+
+async def test_resolvers_run_on_workers_and_see_the_connections_user_and_context(
+    cluster: Any, edge_clients: Any
+) -> None:
+    from django.contrib.auth.models import User
+
+    def create_user() -> None:
+        User.objects.filter(username="worker-user").delete()
+        User.objects.create_user("worker-user", password="secret")
+
+    await sync_to_async(create_user)()
+    client = await edge_clients(0)
+    where = await client.execute("{ process }")
+    worker_pids = {worker.pid for worker in cluster.workers}
+    edge_pids = {edge.pid for edge in cluster.edges}
+    pid = int(where["data"]["process"].rsplit(" ", 1)[1])
+    assert pid in worker_pids and pid not in edge_pids
+
+    assert await client.execute("{ whoami }") == {"data": {"whoami": "anonymous"}}
+    login = 'mutation { login(username: "worker-user", password: "secret") { ok } }'
+    assert await client.execute(login) == {"data": {"login": {"ok": True}}}
+    assert await client.execute("{ whoami }") == {"data": {"whoami": "worker-user"}}
+
+    await client.execute('mutation { setName(name: "stored by a worker") { ok } }')
+    assert await client.execute('{ contextValue(key: "name") }') == {
+        "data": {"contextValue": "stored by a worker"}
+    }
+    other = await edge_clients(1)
+    assert await other.execute("{ whoami }") == {"data": {"whoami": "anonymous"}}
+
+
+async def test_a_context_value_that_cannot_travel_is_an_error_naming_the_key(
+    cluster: Any, edge_clients: Any
+) -> None:
+    client = await edge_clients(0)
+    with pytest.raises(gqlws.GraphqlWsResponseError) as error:
+        await client.execute("mutation { storeUnsendable { ok } }")
+    assert "info.context.unsendable" in str(error.value)
+    assert await client.execute("{ hello }") == {"data": {"hello": "Hello, world!"}}
+
+
+async def test_the_test_process_broadcasts_through_redis_in_distributed_runtime(
+    cluster: Any, edge_clients: Any
+) -> None:
+    from tests.subscription_schema import OnEvent
+
+    client = await edge_clients(1)
+    sub = await client.subscribe('subscription { onEvent(group: "from-test") { seq } }')
+    with distributed_runtime(cluster.redis.url):
+        event = OnEvent.broadcast.delay(group="from-test", payload={"seq": 7})
+    assert event.offset >= 1
+    assert await sub.next(timeout=30) == {"data": {"onEvent": {"seq": 7}}}
