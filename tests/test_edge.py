@@ -1,0 +1,135 @@
+"""The edge's in-order delivery: early deliveries, duplicates, gaps, lost history, resync."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from broadcast import Delivery, DeliveryKind, EventKind, InMemoryFabric, Position
+from gqlws import runtime
+from gqlws.edge import Edge
+
+
+class Recorder:
+    """A subscription target that remembers what it was handed, in order."""
+
+    def __init__(self) -> None:
+        self.items: list[Delivery] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, delivery: Delivery) -> None:
+        self.items.append(delivery)
+        self.changed.set()
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> list[Delivery]:
+        async def _wait() -> None:
+            while len(self.items) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(_wait(), timeout)
+        return self.items
+
+
+def result(position: Position, offset: int, group: str = "g", sub_id: str = "s") -> Delivery:
+    return Delivery(sub_id, group, position.epoch, offset, DeliveryKind.RESULT, {"n": offset})
+
+
+@pytest.fixture
+async def edge() -> Edge:
+    fabric = InMemoryFabric(history_limit=3)
+    edge = Edge(asyncio.get_running_loop(), fabric)
+    edge.gap_wait = 0.05
+    return edge
+
+
+async def test_deliveries_are_released_in_offset_order_and_duplicates_dropped(edge: Edge) -> None:
+    target = Recorder()
+    position = (await edge.subscribe("s", ["g"], None, target))["g"]
+    for offset in (3, 1, 1, 2, 3):
+        edge._route([result(position, position.offset + offset)])
+    items = await target.wait_for(3)
+    assert [d.offset - position.offset for d in items] == [1, 2, 3]
+    assert edge.duplicates == 2
+
+
+async def test_a_gap_that_history_holds_is_recomputed_by_a_worker(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+    monkeypatch.setattr(runtime, "send_task", lambda name, args: sent.append((name, args)))
+    target = Recorder()
+    position = (await edge.subscribe("s", ["g"], b"registration", target))["g"]
+    first = edge.fabric.issue("g", EventKind.PUBLISH, b"1")
+    second = edge.fabric.issue("g", EventKind.PUBLISH, b"2")
+    edge._route([result(position, second.offset)])  # the first one went missing
+    deadline = asyncio.get_running_loop().time() + 5
+    while not sent:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    name, args = sent[0]
+    assert name == "gqlws.renotify"
+    assert args == (edge.edge_id, "s", b"registration", "g", position.epoch, [first.offset])
+    edge._route([result(position, first.offset)])  # what the worker sends back
+    assert [d.offset for d in await target.wait_for(2)] == [first.offset, second.offset]
+
+
+async def test_a_gap_history_no_longer_holds_ends_the_subscription_as_lost(edge: Edge) -> None:
+    target = Recorder()
+    position = (await edge.subscribe("s", ["g"], None, target))["g"]
+    events = [edge.fabric.issue("g", EventKind.PUBLISH, b"x") for _ in range(5)]
+    edge._route([result(position, events[-1].offset)])  # 1..4 missing, history keeps 3
+    [lost] = await target.wait_for(1)
+    assert lost.kind is DeliveryKind.LOST
+    assert "no longer holds" in lost.body
+    assert len(edge) == 0
+
+
+async def test_a_delivery_of_another_epoch_ends_the_subscription_as_lost(edge: Edge) -> None:
+    target = Recorder()
+    await edge.subscribe("s", ["g"], None, target)
+    edge._route([Delivery("s", "g", "another-epoch", 1, DeliveryKind.RESULT, {})])
+    [lost] = await target.wait_for(1)
+    assert lost.kind is DeliveryKind.LOST
+
+
+async def test_deliveries_that_arrive_before_registration_completes_are_kept() -> None:
+    fabric = InMemoryFabric()
+    edge = Edge(asyncio.get_running_loop(), fabric)
+    target = Recorder()
+    registered = asyncio.Event()
+    original = fabric.register
+
+    async def slow_register(*args: Any) -> dict[str, Position]:
+        positions = await original(*args)
+        # A fan-out of an event issued right after registration is faster
+        # than the registration's answer.
+        edge._route([result(positions["g"], positions["g"].offset + 1)])
+        registered.set()
+        return positions
+
+    fabric.register = slow_register  # type: ignore[method-assign]
+    position = (await edge.subscribe("s", ["g"], None, target))["g"]
+    assert registered.is_set()
+    [item] = await target.wait_for(1)
+    assert item.offset == position.offset + 1
+
+
+async def test_registrations_lost_with_the_store_are_made_again_with_a_resync_notice(
+    edge: Edge,
+) -> None:
+    target = Recorder()
+    await edge.subscribe("s", ["g"], None, target)
+    fabric = edge.fabric
+    assert isinstance(fabric, InMemoryFabric)
+    fabric._groups.clear()  # what a Redis restart does to the registry and the streams
+    fabric._edges.clear()
+    await edge._reregister()
+    [notice] = await target.wait_for(1)
+    assert notice.kind is DeliveryKind.RESYNC
+    assert fabric.registered("g") == 1
+    new_position = Position(fabric._groups["g"].epoch, 0)
+    edge._route([result(new_position, 1)])
+    assert [d.kind for d in await target.wait_for(2)] == [DeliveryKind.RESYNC, DeliveryKind.RESULT]
