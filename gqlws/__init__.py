@@ -12,7 +12,7 @@ from .client import GraphqlWsClient, GraphqlWsResponseError
 from .consumer import GraphqlWsConsumer
 from .context import DictAsObject, OperationContext, ScopeAsContext
 from .protocol import GRAPHQL_TRANSPORT_WS, GRAPHQL_WS, CloseCode
-from .subscription import Subscription
+from .subscription import Subscription, broadcast
 from .transport import GraphqlWsTransport
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "OperationContext",
     "ScopeAsContext",
     "Subscription",
+    "broadcast",
     "testing",
 ]
 

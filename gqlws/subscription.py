@@ -64,7 +64,7 @@ from . import runtime
 from .phases import PublishPhase, SubscribePhase, UnsubscribedPhase
 from .serializer import serialize
 
-__all__ = ["Broadcast", "Subscription"]
+__all__ = ["Broadcast", "Subscription", "broadcast"]
 
 
 class _Skip:
@@ -302,3 +302,45 @@ def _in_event_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+class _ModuleBroadcast:
+    """``gqlws.broadcast``: broadcast to a Subscription named by class or dotted path.
+
+    For code that should not import the schema (a Celery task, a management
+    command)::
+
+        gqlws.broadcast.delay("chat.schema.OnNewMessage", group="kittens", payload={...})
+        gqlws.broadcast.delay_on_commit(OnNewMessage, group="kittens", payload={...})
+    """
+
+    @staticmethod
+    def _resolve(subscription: type[Subscription] | str) -> type[Subscription]:
+        if isinstance(subscription, str):
+            import importlib
+
+            module, _, name = subscription.rpartition(".")
+            subscription = getattr(importlib.import_module(module), name)
+        if not (isinstance(subscription, type) and issubclass(subscription, Subscription)):
+            raise TypeError(
+                f"Expected a gqlws Subscription class or its path, got {subscription!r}"
+            )
+        return subscription
+
+    def delay(
+        self, subscription: type[Subscription] | str, group: str | None = None, payload: Any = None
+    ) -> Event:
+        return self._resolve(subscription).broadcast.delay(group=group, payload=payload)
+
+    def delay_on_commit(
+        self,
+        subscription: type[Subscription] | str,
+        group: str | None = None,
+        payload: Any = None,
+        using: str | None = None,
+    ) -> None:
+        broadcast = self._resolve(subscription).broadcast
+        broadcast.delay_on_commit(group=group, payload=payload, using=using)
+
+
+broadcast = _ModuleBroadcast()

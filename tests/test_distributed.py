@@ -120,3 +120,20 @@ async def test_the_test_process_broadcasts_through_redis_in_distributed_runtime(
         event = OnEvent.broadcast.delay(group="from-test", payload={"seq": 7})
     assert event.offset >= 1
     assert await sub.next(timeout=30) == {"data": {"onEvent": {"seq": 7}}}
+
+
+async def test_a_lost_worker_gives_the_client_an_error_and_the_connection_keeps_working(
+    cluster: Any, edge_clients: Any
+) -> None:
+    client = await edge_clients(0)
+    slow = await client.start("{ sleep(seconds: 30) }")
+    for index in range(len(cluster.workers)):
+        cluster.kill_worker(index)  # whichever took it, it is gone (or never ran it)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(gqlws.GraphqlWsResponseError) as error:
+        await client.receive(wait_id=slow)
+    assert "ran at most once" in str(error.value)
+    assert asyncio.get_running_loop().time() - started < 15
+    for index in range(len(cluster.workers)):
+        cluster.restart_worker(index)
+    assert await client.execute("{ hello }") == {"data": {"hello": "Hello, world!"}}

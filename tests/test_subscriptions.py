@@ -418,3 +418,15 @@ async def test_broadcast_delay_on_commit_sends_only_what_commits(
     await sync_to_async(view)(True, 2)
     assert (await sub.next(timeout=5))["data"]["onEvent"]["seq"] == 2
     await client.assert_no_messages(timeout=0.2)
+
+
+async def test_gqlws_broadcast_delay_takes_a_subscription_class_or_its_path(
+    mode: str, client_factory: MakeClient
+) -> None:
+    client = await client_factory()
+    sub = await client.subscribe(ON_EVENT, variables={"g": "by-path"})
+    gqlws.broadcast.delay("tests.subscription_schema.OnEvent", group="by-path", payload={"seq": 1})
+    gqlws.broadcast.delay(OnEvent, group="by-path", payload={"seq": 2})
+    assert [(await sub.next(timeout=10))["data"]["onEvent"]["seq"] for _ in range(2)] == [1, 2]
+    with pytest.raises(TypeError, match="gqlws Subscription"):
+        gqlws.broadcast.delay("tests.schema.Query", group="x")
