@@ -1,4 +1,14 @@
-"""Settings of the example project: embedded mode, sqlite, no Redis, no Celery."""
+"""Settings of the example chat.
+
+Embedded by default: sqlite, no Redis, no Celery. Everything else comes from
+the environment, so the same project runs distributed (docker-compose.yml):
+
+* ``GQLWS_REDIS_URL`` (+ ``CELERY_BROKER_URL``): distributed mode;
+* ``POSTGRES_HOST`` (+ ``POSTGRES_DB``, ``POSTGRES_USER``, ``POSTGRES_PASSWORD``,
+  ``POSTGRES_PORT``): PostgreSQL instead of sqlite (``GQLWS_EXAMPLE_DB`` moves
+  the sqlite file);
+* ``DJANGO_ALLOWED_HOSTS`` (comma-separated), ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +16,9 @@ import os
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent
-SECRET_KEY = "gqlws-example-not-secret"  # an example: never deploy this key
-DEBUG = True
-ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "gqlws-example-not-secret")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
 USE_TZ = True
 INSTALLED_APPS = [
     "daphne",  # makes `runserver` serve the ASGI application, WebSockets included
@@ -16,6 +26,8 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.sessions",
     "channels",
+    "gqlws",
+    "example.chat",
 ]
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -23,8 +35,35 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "example.urls"
 ASGI_APPLICATION = "example.asgi.application"
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
-DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": []},
+    }
+]
+
+if os.environ.get("POSTGRES_HOST"):
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": os.environ["POSTGRES_HOST"],
+            "PORT": os.environ.get("POSTGRES_PORT", "5432"),
+            "NAME": os.environ.get("POSTGRES_DB", "gqlws"),
+            "USER": os.environ.get("POSTGRES_USER", "gqlws"),
+            "PASSWORD": os.environ.get("POSTGRES_PASSWORD", ""),
+        }
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("GQLWS_EXAMPLE_DB", str(BASE_DIR / "db.sqlite3")),
+            # Edges and workers share the file: wait for a lock rather than fail.
+            "OPTIONS": {"timeout": 20},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Distributed mode by configuration: set GQLWS_REDIS_URL (and run Celery
 # workers with `celery -A workers worker -Q gqlws`) to serve the same

@@ -1,17 +1,19 @@
-"""HTTP routes of the example project: a plain page saying where GraphQL lives."""
+"""HTTP routes: GraphiQL at /, GraphQL over HTTP at /graphql/ (WebSocket there too)."""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
+from example.schema import ChatGraphqlWsConsumer
+from gqlws.http import GraphQLHttpView
 
-def index(request: HttpRequest) -> HttpResponse:
-    return HttpResponse(
-        f"gqlws example: GraphQL over WebSocket at ws://{request.get_host()}/graphql/ "
-        "(subprotocols graphql-transport-ws and graphql-ws).\n",
-        content_type="text/plain",
-    )
+urlpatterns = [
+    path("graphql/", GraphQLHttpView.as_view(consumer=ChatGraphqlWsConsumer)),
+]
 
-
-urlpatterns = [path("", index)]
+try:
+    from gqlws.graphiql import graphiql_urls
+except ImportError:  # pragma: no cover - until the GraphiQL page lands
+    pass
+else:
+    urlpatterns += graphiql_urls(endpoint="/graphql/")

@@ -146,7 +146,7 @@ class CeleryExecutor:
         context: OperationContext,
     ) -> dict[str, Any]:
         return {
-            "consumer": consumer_path(type(consumer)),
+            "consumer": consumer_path(consumer if isinstance(consumer, type) else type(consumer)),
             "query": prepared.query,
             "operation_name": prepared.operation_name,
             "variables": variables,

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.processes import ROOT, ServerProcess, free_port, test_env, wait_for_port
+from tests.processes import ROOT, ServerProcess, child_env, free_port, wait_for_port
 from tests.redis_server import RedisServer, redis_server
 
 __all__ = ["Cluster"]
@@ -86,7 +86,7 @@ class Cluster:
 
     def start(self) -> None:
         self.redis = self._stack.enter_context(redis_server())
-        self.env = test_env(
+        self.env = child_env(
             DJANGO_SETTINGS_MODULE=self.settings_module,
             GQLWS_REDIS_URL=self.redis.url,
             GQLWS_TEST_DB=os.environ.get("GQLWS_TEST_DB", str(self.log_dir / "db.sqlite3")),

@@ -76,7 +76,7 @@ def distributed_runtime(redis_url: str) -> Iterator[None]:
 def daphne_server() -> Iterator[processes.ServerProcess]:
     """One Daphne process serving ``tests.asgi:application`` for the whole run."""
     log_dir = Path(_TMP)
-    env = processes.test_env(GQLWS_TEST_DB=os.environ["GQLWS_TEST_DB"])
+    env = processes.child_env(GQLWS_TEST_DB=os.environ["GQLWS_TEST_DB"])
     with processes.daphne("tests.asgi:application", log_dir, env=env) as server:
         yield server
 

@@ -86,7 +86,7 @@ class ServerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def test_env(**extra: str) -> dict[str, str]:
+def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
@@ -104,7 +104,7 @@ def daphne(
         server = ServerProcess(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), application],
             port=port,
-            env=env or test_env(),
+            env=env or child_env(),
             log=log_dir / f"daphne-{port}.log",
         )
         try:

@@ -8,7 +8,8 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
-from tests.subscription_schema import OnEvent
+from gqlws.http import GraphQLHttpView
+from tests.subscription_schema import OnEvent, SubscriptionConsumer
 
 
 @csrf_exempt
@@ -18,4 +19,7 @@ def notify(request: HttpRequest) -> HttpResponse:
     return HttpResponse("sent")
 
 
-urlpatterns = [path("notify/", notify)]
+urlpatterns = [
+    path("notify/", notify),
+    path("graphql/", GraphQLHttpView.as_view(consumer=SubscriptionConsumer)),
+]
