@@ -5,15 +5,10 @@ from __future__ import annotations
 from django.urls import path
 
 from example.schema import ChatGraphqlWsConsumer
+from gqlws.graphiql import graphiql_urls
 from gqlws.http import GraphQLHttpView
 
 urlpatterns = [
     path("graphql/", GraphQLHttpView.as_view(consumer=ChatGraphqlWsConsumer)),
+    *graphiql_urls(endpoint="/graphql/"),
 ]
-
-try:
-    from gqlws.graphiql import graphiql_urls
-except ImportError:  # pragma: no cover - until the GraphiQL page lands
-    pass
-else:
-    urlpatterns += graphiql_urls(endpoint="/graphql/")

@@ -25,19 +25,23 @@ settings of django-channels-graphql-ws, with the same meaning::
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from graphql import OperationType
+from graphql import OperationType, ValidationRule
 
 from . import protocol, runtime
 from .context import OperationContext
-from .execution import InvalidDocument, document_cache, graphql_schema
+from .daphne_compat import patch_daphne
+from .execution import DocumentCache, InvalidDocument, document_cache, graphql_schema
 from .executors import CeleryExecutor, EmbeddedExecutor, Executor
+from .limits import TokenBucket, depth_and_complexity_rule
 from .operation import Operation, TaskGroup
 from .outbox import Outbox, OverflowPolicy
 from .pool import executor_for
@@ -49,6 +53,12 @@ LOG = logging.getLogger(__name__)
 
 #: RFC 6455 caps a close reason at 123 bytes of UTF-8.
 _MAX_CLOSE_REASON = 123
+
+
+patch_daphne()  # close codes 1008/1009/1012/1013 and reasons under Daphne
+
+#: One rule class per limits pair, so that document caches are shared by key.
+_limit_rule = functools.lru_cache(maxsize=None)(depth_and_complexity_rule)
 
 
 def _close_reason(reason: str) -> str:
@@ -78,6 +88,18 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
     notification_queue_limit: ClassVar[int] = 1024
     #: On overflow: "close" (1013, the client resumes) or "drop_oldest" (the reference's).
     notification_queue_overflow: ClassVar[OverflowPolicy] = "close"
+    #: Largest frame accepted, in bytes (bigger: close 1009); None: no limit.
+    max_message_size: ClassVar[int | None] = 1 << 20
+    #: Operations (running requests and live subscriptions) one connection may hold.
+    max_operations: ClassVar[int | None] = 200
+    #: Messages per second a connection may send on average (more: close 1008).
+    rate_limit: ClassVar[float | None] = 500.0
+    #: ... in bursts of up to this many messages.
+    rate_limit_burst: ClassVar[int] = 1000
+    #: Deepest selection nesting an operation may have; None: no limit.
+    max_query_depth: ClassVar[int | None] = None
+    #: Most fields an operation may select (fragments expanded); None: no limit.
+    max_query_complexity: ClassVar[int | None] = None
 
     # ---- Hooks for subclasses ---------------------------------------------
 
@@ -100,6 +122,11 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         self._tasks = TaskGroup(LOG)
         self._closed = False
         self._serial: asyncio.Queue[Operation] | None = None
+        self._bucket = (
+            TokenBucket(self.rate_limit, self.rate_limit_burst, time.monotonic())
+            if self.rate_limit
+            else None
+        )
         #: Tasks ending subscriptions; the disconnect waits for them.
         self._ending: set[asyncio.Task[Any]] = set()
         settings = runtime.settings()
@@ -133,12 +160,13 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             self._close(protocol.CloseCode.INTERNAL_SERVER_ERROR, "Internal server error")
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
+        patch_daphne()  # in case Daphne was loaded after this module
         session = protocol.negotiate(self.scope.get("subprotocols") or [])
         self._spawn(self._outbox.run(), "outbox")
         if session is None:
             # Accept, explain, then close: a refused handshake would only tell
-            # the client "403", and some servers (Daphne) drop close reasons, so
-            # the reason also goes out as one text frame.
+            # the client "403". The reason also goes out as one text frame, for
+            # tools that show frames but not close reasons.
             offered = ", ".join(self.scope.get("subprotocols") or []) or "none"
             reason = (
                 f"Subprotocol not acceptable: offered {offered}; "
@@ -155,7 +183,28 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self._session is None or self._closed:
             return
-        self._apply(self._session.receive(message.get("text"), message.get("bytes")))
+        text, data = message.get("text"), message.get("bytes")
+        if self._over_limits(text, data):
+            return
+        self._apply(self._session.receive(text, data))
+
+    def _over_limits(self, text: str | None, data: bytes | None) -> bool:
+        """Apply the size and rate limits to one frame; True if it was refused."""
+        limit = self.max_message_size
+        if limit is not None:
+            # Characters never outnumber UTF-8 bytes: encode only when it could matter.
+            size = len(data) if data is not None else len(text or "")
+            if text is not None and size * 4 > limit:
+                size = len(text.encode("utf-8", "surrogatepass"))
+            if size > limit:
+                reason = f"Message too big: {size} bytes, the limit is {limit}"
+                self._close(protocol.CloseCode.MESSAGE_TOO_BIG, reason)
+                return True
+        if self._bucket is not None and not self._bucket.take(time.monotonic()):
+            LOG.warning("Closing a connection over its rate limit")
+            self._close(protocol.CloseCode.POLICY_VIOLATION, "Rate limit exceeded")
+            return True
+        return False
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self._closed = True
@@ -262,6 +311,11 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
     # ---- Operations -------------------------------------------------------
 
     def _start(self, op_id: str, payload: dict[str, Any]) -> None:
+        if self.max_operations is not None and len(self._operations) >= self.max_operations:
+            assert self._session is not None
+            message = f"Too many operations on this connection (the limit is {self.max_operations})"
+            self._apply(self._session.error(op_id, [{"message": message}]))
+            return
         operation = Operation(op_id, payload)
         self._operations[op_id] = operation
         if self.strict_ordering:
@@ -302,11 +356,8 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         finished = True
         try:
             payload = await self.on_operation(operation.op_id, operation.payload)
-            schema = graphql_schema(self.schema)
             try:
-                prepared = document_cache(schema).prepare(
-                    payload["query"], payload.get("operationName")
-                )
+                prepared = self._documents().prepare(payload["query"], payload.get("operationName"))
             except InvalidDocument as invalid:
                 self._emit(operation, session.error(operation.op_id, invalid.errors))
                 return
@@ -328,6 +379,14 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         finally:
             if finished and self._operations.get(operation.op_id) is operation:
                 del self._operations[operation.op_id]
+
+    @classmethod
+    def _documents(cls) -> DocumentCache:
+        """The document cache of this class's schema, with its depth/complexity limits."""
+        rules: tuple[type[ValidationRule], ...] = ()
+        if cls.max_query_depth is not None or cls.max_query_complexity is not None:
+            rules = (_limit_rule(cls.max_query_depth, cls.max_query_complexity),)
+        return document_cache(graphql_schema(cls.schema), rules)
 
     @classmethod
     def _executor(cls) -> ThreadPoolExecutor:

@@ -48,6 +48,8 @@ from graphql import (
     GraphQLSchema,
     MiddlewareManager,
     OperationType,
+    ValidationRule,
+    specified_rules,
 )
 from graphql.utilities import get_operation_ast
 
@@ -116,9 +118,15 @@ class DocumentCache:
     Thread-safe: workers prepare documents from several threads at once.
     """
 
-    def __init__(self, schema: GraphQLSchema, maxsize: int = 1000) -> None:
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        maxsize: int = 1000,
+        extra_rules: tuple[type[ValidationRule], ...] = (),
+    ) -> None:
         self.schema = schema
         self.maxsize = maxsize
+        self.rules = (*specified_rules, *extra_rules) if extra_rules else None
         self._entries: OrderedDict[str, DocumentNode | InvalidDocument] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -156,24 +164,27 @@ class DocumentCache:
             document = graphql.parse(query)
         except GraphQLError as error:
             return InvalidDocument([format_error(error)])
-        errors = graphql.validate(self.schema, document)
+        errors = graphql.validate(self.schema, document, self.rules)
         if errors:
             return InvalidDocument([format_error(error) for error in errors])
         return document
 
 
-_caches: dict[int, DocumentCache] = {}
+_caches: dict[tuple[int, tuple[type[ValidationRule], ...]], DocumentCache] = {}
 _caches_lock = threading.Lock()
 
 
-def document_cache(schema: GraphQLSchema) -> DocumentCache:
-    """The process-wide document cache of ``schema``."""
+def document_cache(
+    schema: GraphQLSchema, extra_rules: tuple[type[ValidationRule], ...] = ()
+) -> DocumentCache:
+    """The process-wide document cache of ``schema`` validated with ``extra_rules``."""
     # Keyed by id() and holding the schema: schemas live as long as the
     # process (they are class attributes), so the cache never outlives one.
+    key = (id(schema), extra_rules)
     with _caches_lock:
-        cache = _caches.get(id(schema))
+        cache = _caches.get(key)
         if cache is None or cache.schema is not schema:
-            cache = _caches[id(schema)] = DocumentCache(schema)
+            cache = _caches[key] = DocumentCache(schema, extra_rules=extra_rules)
         return cache
 
 

@@ -36,7 +36,7 @@ from graphql import OperationType
 
 from . import runtime
 from .context import OperationContext
-from .execution import InvalidDocument, document_cache, graphql_schema
+from .execution import InvalidDocument
 from .executors import CeleryExecutor, EmbeddedExecutor, Executor
 
 __all__ = ["GraphQLHttpView"]
@@ -94,9 +94,8 @@ class GraphQLHttpView(View):
             query, variables, operation_name = _check_body(body)
         except _BadRequest as error:
             return self._error(request, 400, str(error))
-        schema = graphql_schema(self.consumer.schema)
         try:
-            prepared = document_cache(schema).prepare(query, operation_name)
+            prepared = self.consumer._documents().prepare(query, operation_name)
         except InvalidDocument as invalid:
             status = 400 if _wants_graphql_response(request) else 200
             return self._respond(request, {"errors": invalid.errors}, status)

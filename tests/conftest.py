@@ -101,8 +101,6 @@ async def connect(request: pytest.FixtureRequest) -> AsyncIterator[Connect]:
             url = f"ws://127.0.0.1:{server.port}/{path}"
             transport = GraphqlWsTransportAiohttp(url, subprotocols=subprotocols)
         transport.TIMEOUT = 10.0
-        # Daphne (4.2) drops the reason of a close frame; only the code crosses.
-        transport.keeps_close_reason = server is None  # type: ignore[attr-defined]
         opened.append(transport)
         await transport.connect()
         return transport
@@ -112,12 +110,11 @@ async def connect(request: pytest.FixtureRequest) -> AsyncIterator[Connect]:
         await transport.disconnect()
 
 
-async def closed_with(transport: GraphqlWsTransport) -> tuple[int | None, str | None]:
-    """Read until the server closes; its code, and its reason where the server keeps it."""
+async def closed_with(transport: GraphqlWsTransport) -> tuple[int | None, str]:
+    """Read until the server closes; its close code and reason."""
     from gqlws.transport import GraphqlWsConnectionClosed
 
     with pytest.raises(GraphqlWsConnectionClosed) as closed:
         for _ in range(10):
             await transport.receive(timeout=5)
-    keeps_reason = getattr(transport, "keeps_close_reason", True)
-    return closed.value.code, closed.value.reason if keeps_reason else None
+    return closed.value.code, closed.value.reason

@@ -165,3 +165,14 @@ class UnsendableAckConsumer(Consumer):
 
     async def on_connect(self, payload: Any) -> Any:
         return {"not json": {1, 2}}
+
+
+class LimitedConsumer(Consumer):
+    """Small limits, to meet them in tests."""
+
+    max_message_size = 1000
+    max_operations = 2
+    rate_limit = 50.0
+    rate_limit_burst = 20
+    max_query_depth = 2
+    max_query_complexity = 4

@@ -70,7 +70,7 @@ def stack(
         composed = Stack(
             ws=os.environ["GQLWS_CLUSTER_EDGES"].split(","),
             http=os.environ.get("GQLWS_CLUSTER_HTTP", "").split(","),
-            env=dict(os.environ),
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "example.settings"},
         )
         _ensure_user(composed)
         yield composed

@@ -59,6 +59,10 @@ class CloseCode(enum.IntEnum):
     """
 
     NORMAL = 1000
+    #: RFC 6455: a message that violates the server's policy (a rate limit).
+    POLICY_VIOLATION = 1008
+    #: RFC 6455: a message too big to process.
+    MESSAGE_TOO_BIG = 1009
     #: An edge that shuts down: clients reconnect elsewhere (RFC 6455 "Service Restart").
     SERVICE_RESTART = 1012
     #: Outgoing queue overflow of a slow client: "Try Again Later", resume on reconnect.
