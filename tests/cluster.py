@@ -201,6 +201,11 @@ class Cluster:
             "http": self.http_urls,
             "redis": self.redis.url,
             "workers": [w.pid for w in self.workers if w is not None],
+            "pids": [
+                *(edge.pid for edge in self.edges),
+                *(w.pid for w in self.workers if w is not None),
+                *([self.redis.process.pid] if self.redis.process is not None else []),
+            ],
             "logs": str(self.log_dir),
         }
 
