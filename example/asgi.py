@@ -14,13 +14,20 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from example.schema import ChatGraphqlWsConsumer  # noqa: E402
+from example.schema import AuthenticatedChatConsumer, ChatGraphqlWsConsumer  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter([path("graphql/", ChatGraphqlWsConsumer.as_asgi())]))
+            AuthMiddlewareStack(
+                URLRouter(
+                    [
+                        path("graphql/", ChatGraphqlWsConsumer.as_asgi()),
+                        path("graphql-auth/", AuthenticatedChatConsumer.as_asgi()),
+                    ]
+                )
+            )
         ),
     }
 )

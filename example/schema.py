@@ -40,9 +40,15 @@ def _sender(context: Any) -> str:
 
 
 class Query(graphene.ObjectType):
+    me = graphene.String(description="The connection's user name, or null when anonymous")
     history = graphene.List(
         graphene.NonNull(ChatMessage), chatroom=graphene.String(required=True), required=True
     )
+
+    @staticmethod
+    def resolve_me(root: Any, info: Any) -> str | None:
+        user = info.context.get("user")
+        return user.username if user is not None and user.is_authenticated else None
 
     @staticmethod
     def resolve_history(root: Any, info: Any, chatroom: str) -> list[Message]:
@@ -139,3 +145,22 @@ class ChatGraphqlWsConsumer(gqlws.GraphqlWsConsumer):
         if session is not None and not session.session_key:
             # A client without cookies: give the connection an identity.
             await database_sync_to_async(session.save)()
+
+
+class AuthenticatedChatConsumer(ChatGraphqlWsConsumer):
+    """The chat for users only, at /graphql-auth/: a token in connection_init, or a login cookie.
+
+    Anonymous connections are rejected (4403 on graphql-transport-ws,
+    connection_error on graphql-ws).
+    """
+
+    async def on_connect(self, payload: Any) -> None:
+        from example.auth import user_for_token
+
+        token = payload.get("token") if isinstance(payload, dict) else None
+        if token is not None:
+            self.scope["user"] = await database_sync_to_async(user_for_token)(token)
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            raise PermissionError("Authentication required: send a token in connection_init")
+        await super().on_connect(payload)

@@ -219,3 +219,57 @@ async def test_the_http_endpoint_serves_queries_and_mutations(stack: Stack) -> N
         _http, url, data={"query": "{ nope }"}, accept="application/graphql-response+json"
     )
     assert status == 400 and "nope" in body["errors"][0]["message"]
+
+
+def _token(stack: Stack) -> str:
+    env = {**stack.env, "DJANGO_SETTINGS_MODULE": "example.settings"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "example/manage.py",
+            "shell",
+            "-c",
+            f"from example.auth import token_for; print(token_for({USERNAME!r}))",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+async def test_the_authenticated_endpoint_rejects_anonymous_and_workers_see_the_token_user(
+    stack: Stack,
+) -> None:
+    url = stack.ws[0] + "graphql-auth/"
+    origin = {"Origin": "http://" + urllib.parse.urlsplit(url).netloc}
+    for subprotocol in ("graphql-transport-ws", "graphql-ws"):
+        anonymous = gqlws.GraphqlWsClient(
+            gqlws.GraphqlWsTransportAiohttp(url, headers=origin, subprotocols=[subprotocol])
+        )
+        with pytest.raises(gqlws.client.GraphqlWsConnectionRejected):
+            await anonymous.connect_and_init()
+        await anonymous.finalize()
+    forged = gqlws.GraphqlWsClient(gqlws.GraphqlWsTransportAiohttp(url, headers=origin))
+    with pytest.raises(gqlws.client.GraphqlWsConnectionRejected):
+        await forged.connect_and_init(payload={"token": "forged:token"})
+    await forged.finalize()
+
+    token = _token(stack)
+    client = gqlws.GraphqlWsClient(gqlws.GraphqlWsTransportAiohttp(url, headers=origin))
+    await client.connect_and_init(payload={"token": token})
+    try:
+        assert await client.execute("{ me }") == {"data": {"me": USERNAME}}
+    finally:
+        await client.finalize()
+    other = gqlws.GraphqlWsClient(
+        gqlws.GraphqlWsTransportAiohttp(stack.ws[-1] + "graphql/", headers=origin)
+    )
+    await other.connect_and_init()
+    try:
+        assert await other.execute("{ me }") == {"data": {"me": None}}
+    finally:
+        await other.finalize()
