@@ -60,7 +60,7 @@ def reset() -> None:
     with _lock:
         reset_settings()
         set_fabric(None)
-        celery_app.cache_clear()
+        _celery_app.cache_clear()
         _configured = False
 
 
@@ -78,14 +78,24 @@ def _build_fabric(config: Settings) -> Fabric:
     )
 
 
+_celery_lock = threading.Lock()
+
+
 @functools.lru_cache(maxsize=1)
-def celery_app() -> Any:
-    """A Celery app for *sending* gqlws tasks, configured from Django's settings."""
+def _celery_app() -> Any:
     from celery import Celery
 
     app = Celery("gqlws-sender")
     app.config_from_object("django.conf:settings", namespace="CELERY")
     return app
+
+
+def celery_app() -> Any:
+    """A Celery app for *sending* gqlws tasks, configured from Django's settings."""
+    # Under a lock: Celery's lazy package attributes are not safe to import
+    # from two threads at once (two first requests of an edge did that).
+    with _celery_lock:
+        return _celery_app()
 
 
 def send_task(name: str, args: tuple[Any, ...]) -> None:
