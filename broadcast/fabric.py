@@ -164,6 +164,10 @@ class Fabric(ABC):
     def history(self, group: str, after: int, epoch: str) -> list[Event]:
         """Events of ``group`` after offset ``after``; raises ``HistoryLost``."""
 
+    @abstractmethod
+    def positions(self, groups: Sequence[str]) -> dict[str, Position]:
+        """Where each group's stream is now (epoch and last offset); absent groups are left out."""
+
     def event_at(self, group: str, epoch: str, offset: int) -> Event:
         """The event at ``offset``; raises ``HistoryLost`` if it is gone."""
         events = self.history(group, offset - 1, epoch)

@@ -115,6 +115,14 @@ class InMemoryFabric(Fabric):
             raise HistoryLost(f"Group {group!r} no longer holds offset {after + 1}")
         return events
 
+    def positions(self, groups: Sequence[str]) -> dict[str, Position]:
+        with self._lock:
+            return {
+                name: Position(self._groups[name].epoch, self._groups[name].last)
+                for name in groups
+                if name in self._groups
+            }
+
     # ---- Edge side ----------------------------------------------------------
 
     async def register(

@@ -37,13 +37,16 @@ class EpochChanged(Exception):
 class InOrder(Generic[T]):
     """In-order release for one (subscription, group)."""
 
-    __slots__ = ("_pending", "duplicates", "epoch", "last")
+    __slots__ = ("_pending", "behind", "duplicates", "epoch", "last")
 
     def __init__(self, epoch: str, last: int) -> None:
         self.epoch = epoch
         self.last = last
         self._pending: dict[int, T] = {}
         self.duplicates = 0
+        #: An offset known to exist in the stream beyond ``last`` (set by a
+        #: caller that looked), so the gap up to it can be filled.
+        self.behind = 0
 
     def push(self, epoch: str, offset: int, item: T) -> list[T]:
         """Accept ``item`` at ``offset``; return the items now releasable, in order."""

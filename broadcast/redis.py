@@ -422,6 +422,17 @@ class RedisFabric(Fabric):
             raise HistoryLost(f"Group {group!r} no longer holds offset {after + 1}")
         return events
 
+    def positions(self, groups: Sequence[str]) -> dict[str, Position]:
+        names = list(groups)
+        pipe = self._sync.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(self._group_base(name) + "meta", ["epoch", "last"])
+        found: dict[str, Position] = {}
+        for name, (epoch, last) in zip(names, pipe.execute(), strict=True):
+            if epoch is not None:
+                found[name] = Position(_text(epoch), int(last or 0))
+        return found
+
     def event_at(self, group: str, epoch: str, offset: int) -> Event:
         base = self._group_base(group)
         pipe = self._sync.pipeline(transaction=True)

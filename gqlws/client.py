@@ -313,6 +313,7 @@ class GraphqlWsClient:
         variables: dict[str, Any] | None = None,
         operation_name: str | None = None,
         msg_id: str | Literal[_Auto.AUTO] = AUTO,
+        extensions: dict[str, Any] | None = None,
     ) -> str:
         """Begin an operation (``subscribe`` / ``start``) and return its id; read results yourself.
 
@@ -321,6 +322,8 @@ class GraphqlWsClient:
         payload: dict[str, Any] = {"query": textwrap.dedent(query), "variables": variables or {}}
         if operation_name is not None:
             payload["operationName"] = operation_name
+        if extensions:
+            payload["extensions"] = extensions
         op_id = await self.send(msg_id=msg_id, msg_type=self._framing[0], payload=payload)
         assert op_id is not None  # `send` only returns None for msg_id=None.
         return op_id
@@ -365,6 +368,7 @@ class GraphqlWsClient:
         variables: dict[str, Any] | None = None,
         operation_name: str | None = None,
         wait_confirmation: bool = True,
+        resume: ClientSubscription | list[dict[str, Any]] | None = None,
     ) -> ClientSubscription:
         """Start a subscription and return it: a ``str`` (its id) you can iterate.
 
@@ -374,7 +378,11 @@ class GraphqlWsClient:
         ``GraphqlWsResponseError``. Use this when the server confirms
         subscriptions and you must not race the activation.
         """
-        op_id = await self.start(query, variables=variables, operation_name=operation_name)
+        positions = resume.positions if isinstance(resume, ClientSubscription) else resume
+        extensions = {"gqlws": {"resume": list(positions)}} if positions else None
+        op_id = await self.start(
+            query, variables=variables, operation_name=operation_name, extensions=extensions
+        )
         subscription = ClientSubscription(op_id, self)
         if wait_confirmation:
             await subscription._consume_confirmation()
@@ -498,12 +506,25 @@ class ClientSubscription(str):
 
     _client: GraphqlWsClient
     _ended: bool
+    _positions: dict[str, dict[str, Any]]
 
     def __new__(cls, op_id: str, client: GraphqlWsClient) -> ClientSubscription:
         subscription = super().__new__(cls, op_id)
         subscription._client = client
         subscription._ended = False
+        subscription._positions = {}
         return subscription
+
+    @property
+    def positions(self) -> list[dict[str, Any]]:
+        """The last position seen per group: pass it as ``resume=`` to a new subscription.
+
+        A gqlws server marks each notification with its place in its group's
+        stream (``extensions.gqlws``); a client that lost its connection
+        resubscribes with these and receives what it missed, in order, within
+        the server's history window.
+        """
+        return list(self._positions.values())
 
     @property
     def id(self) -> str:
@@ -529,6 +550,15 @@ class ClientSubscription(str):
         if _has_errors(message.get("payload")):
             raise GraphqlWsResponseError(message)
         payload: dict[str, Any] = message.get("payload") or {}
+        extensions = payload.get("extensions")
+        if isinstance(extensions, dict) and isinstance(extensions.get("gqlws"), dict):
+            # The stream position is for the client to keep, not for the caller.
+            position = extensions["gqlws"]
+            self._positions[str(position.get("group"))] = position
+            rest = {key: value for key, value in extensions.items() if key != "gqlws"}
+            payload = {key: value for key, value in payload.items() if key != "extensions"}
+            if rest:
+                payload["extensions"] = rest
         return payload
 
     async def complete(self) -> None:

@@ -18,10 +18,14 @@ Races and losses handled here:
   the buffer once the offsets are known, instead of being dropped.
 * A gap (a later offset arrived, an earlier one did not) waits
   ``GAP_WAIT``; then the missing events are looked up in the group's
-  history and recomputed for this subscriber by a worker. Where history no
-  longer has them (trimmed, or a new epoch), the subscription ends with a
-  ``LOST`` delivery: the client must resync. (Embedded mode never has gaps:
-  every offset is always delivered.)
+  history and recomputed for this subscriber by a worker, asked again with
+  a growing delay until they arrive. Where history no longer has them
+  (trimmed, or a new epoch), the subscription ends with a ``LOST``
+  delivery: the client must resync. A subscription left behind its group
+  with no later offset to show a gap (the fan-out of the last events was
+  lost with its worker) is found by comparing positions every few
+  ``GAP_WAIT`` periods. (Embedded mode never has gaps: every offset is always
+  delivered.)
 * The fabric lost the edge's registrations (a Redis restart): every
   subscription is registered again, and where its groups started a new
   epoch the target gets a ``RESYNC`` delivery, so the loss is never silent.
@@ -57,8 +61,8 @@ LOG = logging.getLogger(__name__)
 Target = Callable[[Delivery], None]
 """Receives a subscription's deliveries in order, on the edge's loop."""
 
-#: Gap checks before a gap that history could fill is given up as lost.
-_GAP_ATTEMPTS = 5
+#: Longest wait, in seconds, between two requests to recompute the same gap.
+_GAP_RETRY_CAP = 15.0
 
 
 @dataclass
@@ -89,6 +93,9 @@ class Edge:
         #: Deliveries dropped as duplicates (a fan-out that ran twice).
         self.duplicates = 0
         fabric.attach_edge(self.edge_id, self._sink, on_lost=self._on_lost)
+        self._tails: asyncio.Task[None] | None = None
+        if runtime.settings().distributed:
+            self._tails = loop.create_task(self._watch_tails())
 
     @classmethod
     def current(cls) -> Edge:
@@ -106,9 +113,20 @@ class Edge:
     # ---- Subscriptions ---------------------------------------------------------
 
     async def subscribe(
-        self, sub_id: str, groups: Sequence[str], data: Any, target: Target
+        self,
+        sub_id: str,
+        groups: Sequence[str],
+        data: Any,
+        target: Target,
+        resume: dict[str, Position] | None = None,
     ) -> dict[str, Position]:
-        """Register a subscription; from now on its deliveries go to ``target``."""
+        """Register a subscription; from now on its deliveries go to ``target``.
+
+        ``resume`` holds, per group, the position a client last saw (on a
+        connection that was lost): what it missed since is recomputed from
+        the group's history and delivered first, in order. A position of
+        another epoch cannot be resumed: the subscription ends as LOST.
+        """
         route = self._routes[sub_id] = _Route(target, tuple(groups), data)
         try:
             positions = await self.fabric.register(self.edge_id, sub_id, groups, data)
@@ -116,6 +134,19 @@ class Edge:
             self._routes.pop(sub_id, None)
             raise
         route.orders = {g: InOrder(p.epoch, p.offset) for g, p in positions.items()}
+        for group, seen in (resume or {}).items():
+            current = positions.get(group)
+            if current is None:
+                continue  # not a group of this subscription
+            if seen.epoch != current.epoch:
+                self._lose(sub_id, group, "its group's stream was restarted since")
+                return positions
+            if seen.offset < current.offset:
+                route.orders[group] = InOrder(seen.epoch, seen.offset)
+                route.orders[group].behind = current.offset
+                missed = list(range(seen.offset + 1, current.offset + 1))
+                self._loop.create_task(self._fill_gap(sub_id, group, seen.epoch, missed))
+                self._schedule_gap_check(sub_id, group, seen.offset, force=True)
         early: list[Delivery | Reply] = list(route.early)
         route.early = []
         self._route(early)
@@ -187,10 +218,12 @@ class Edge:
 
     # ---- Gaps ----------------------------------------------------------------------
 
-    def _schedule_gap_check(self, sub_id: str, group: str, last: int) -> None:
+    def _schedule_gap_check(
+        self, sub_id: str, group: str, last: int, *, force: bool = False
+    ) -> None:
         route = self._routes[sub_id]
         scheduled = route.gap_checks.get(group)
-        if scheduled is not None and scheduled[0] == last:
+        if scheduled is not None and scheduled[0] == last and not force:
             return  # already being watched at this position
         route.gap_checks[group] = (last, 0)
         self._loop.call_later(self.gap_wait, self._check_gap, sub_id, group, last)
@@ -200,15 +233,17 @@ class Edge:
         if route is None or route.orders is None:
             return
         order = route.orders[group]
-        if order.last != last or not order.waiting:
+        if order.last != last or not (order.waiting or order.behind > order.last):
             return  # filled (or moved on) meanwhile
         _, attempts = route.gap_checks.get(group, (last, 0))
-        if attempts >= _GAP_ATTEMPTS:
-            self._lose(sub_id, group, "missing notifications were not recomputed in time")
-            return
         route.gap_checks[group] = (last, attempts + 1)
-        self._loop.create_task(self._fill_gap(sub_id, group, order.epoch, order.missing()))
-        self._loop.call_later(self.gap_wait * 2, self._check_gap, sub_id, group, last)
+        missing = order.missing() or list(range(order.last + 1, order.behind + 1))
+        self._loop.create_task(self._fill_gap(sub_id, group, order.epoch, missing))
+        # Under load the recomputation waits its turn behind other work: ask
+        # again, less and less often, for as long as history holds the events
+        # (only HistoryLost ends the subscription).
+        delay = min(self.gap_wait * 2 ** (attempts + 1), _GAP_RETRY_CAP)
+        self._loop.call_later(delay, self._check_gap, sub_id, group, last)
 
     async def _fill_gap(self, sub_id: str, group: str, epoch: str, offsets: list[int]) -> None:
         route = self._routes.get(sub_id)
@@ -224,7 +259,50 @@ class Edge:
             LOG.exception("Looking up a gap of %r in history failed; will retry", group)
             return
         args = (self.edge_id, sub_id, route.data, group, epoch, offsets)
-        await asyncio.to_thread(runtime.send_task, "gqlws.renotify", args)
+        if runtime.settings().distributed:
+            await asyncio.to_thread(runtime.renotify, *args)
+        else:
+            runtime.renotify(*args)
+
+    # ---- Tails: the last notifications of a group, with nothing after to show a gap ----
+
+    async def _watch_tails(self) -> None:
+        """Find subscriptions behind their group's stream with no later delivery coming.
+
+        A gap shows only when a later offset arrives. If the fan-out of a
+        group's *last* events was lost (its worker died), nothing arrives to
+        show it; so, every few GAP_WAITs, the edge compares each
+        subscription's position with its group's and treats one that stayed
+        behind for a whole round as a gap.
+        """
+        previous: dict[tuple[str, str], int] = {}
+        while True:
+            await asyncio.sleep(self.gap_wait * 4)
+            groups = {g for route in self._routes.values() for g in route.groups}
+            if not groups:
+                previous = {}
+                continue
+            try:
+                positions = await asyncio.to_thread(self.fabric.positions, sorted(groups))
+            except Exception:
+                LOG.warning("Reading group positions failed; will retry", exc_info=True)
+                continue
+            current: dict[tuple[str, str], int] = {}
+            for sub_id, route in list(self._routes.items()):
+                if route.orders is None:
+                    continue
+                for group, order in route.orders.items():
+                    position = positions.get(group)
+                    if position is None or position.epoch != order.epoch:
+                        continue  # epoch changes show up through deliveries or on_lost
+                    if position.offset <= order.last:
+                        continue
+                    key = (sub_id, group)
+                    current[key] = order.last
+                    if previous.get(key) == order.last and not order.waiting:
+                        order.behind = position.offset
+                        self._schedule_gap_check(sub_id, group, order.last, force=True)
+            previous = current
 
     # ---- The fabric lost our registrations (a Redis restart) -----------------------
 

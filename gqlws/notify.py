@@ -31,7 +31,7 @@ from .phases import PublishPhase
 from .pool import submit
 from .serializer import deserialize
 
-__all__ = ["CHUNK_SIZE", "LocalSubscriber", "dispatch", "notification_for"]
+__all__ = ["CHUNK_SIZE", "LocalSubscriber", "dispatch", "notification_for", "renotify"]
 
 LOG = logging.getLogger(__name__)
 
@@ -76,6 +76,23 @@ def _run_chunk(event: Event, chunk: Sequence[Subscriber]) -> None:
     fabric = get_fabric()
     for edge_id, deliveries in by_edge.items():
         fabric.deliver(edge_id, deliveries)
+
+
+def renotify(
+    edge_id: str, sub_id: str, data: LocalSubscriber, group: str, epoch: str, offsets: list[int]
+) -> None:
+    """Compute again, in the subscriber's pool, the notifications of ``offsets``."""
+
+    def job() -> None:
+        fabric = get_fabric()
+        subscriber = Subscriber(edge_id, sub_id, {}, data)
+        deliveries = [
+            notification_for(fabric.event_at(group, epoch, offset), subscriber)
+            for offset in offsets
+        ]
+        fabric.deliver(edge_id, deliveries)
+
+    submit(data.executor, job).add_done_callback(_log_failure)
 
 
 def notification_for(event: Event, subscriber: Subscriber) -> Delivery:

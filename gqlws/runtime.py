@@ -28,6 +28,7 @@ __all__ = [
     "fabric",
     "issue",
     "issue_async",
+    "renotify",
     "reset",
     "send_task",
     "settings",
@@ -113,6 +114,18 @@ def issue(group: str, kind: EventKind, payload: bytes) -> Event:
 
         dispatch(event)
     return event
+
+
+def renotify(
+    edge_id: str, sub_id: str, data: Any, group: str, epoch: str, offsets: list[int]
+) -> None:
+    """Have one subscriber's notifications of ``offsets`` computed again (gaps, resume)."""
+    if settings().distributed:
+        send_task("gqlws.renotify", (edge_id, sub_id, data, group, epoch, offsets))
+    else:
+        from .notify import renotify as renotify_locally
+
+        renotify_locally(edge_id, sub_id, data, group, epoch, offsets)
 
 
 async def issue_async(group: str, kind: EventKind, payload: bytes) -> Event:

@@ -23,7 +23,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from broadcast import Delivery, DeliveryKind
+from broadcast import Delivery, DeliveryKind, Position
 
 from . import protocol
 from .context import OperationContext
@@ -80,7 +80,9 @@ class SubscriptionsMixin:
         data = self._runner.subscriber_data(self, prepared, variables, context)
         target = functools.partial(self._on_delivery, operation)
         registering = asyncio.ensure_future(
-            Edge.current().subscribe(live.sub_id, outcome.groups, data, target)
+            Edge.current().subscribe(
+                live.sub_id, outcome.groups, data, target, _resume_positions(payload)
+            )
         )
         try:
             # Shielded: a registration cut in half could stay in the fabric.
@@ -104,7 +106,18 @@ class SubscriptionsMixin:
         if self._operations.get(operation.op_id) is not operation or self._session is None:
             return
         if delivery.kind is DeliveryKind.RESULT:
-            for action in self._session.next(operation.op_id, delivery.body):
+            body = dict(delivery.body)
+            # The position travels with the notification: a client that
+            # reconnects resubscribes with it and gets what it missed.
+            body["extensions"] = {
+                **(body.get("extensions") or {}),
+                "gqlws": {
+                    "group": delivery.group,
+                    "epoch": delivery.epoch,
+                    "offset": delivery.offset,
+                },
+            }
+            for action in self._session.next(operation.op_id, body):
                 if isinstance(action, protocol.Send):
                     self._outbox.notify(protocol.encode(action.message))
         elif delivery.kind is DeliveryKind.END:
@@ -149,3 +162,29 @@ def _resync_error(delivery: Delivery, ended: bool) -> dict[str, Any]:
         "message": f"{what}: {delivery.body}. Reload the current state to resync.",
         "extensions": {"code": "RESYNC", "ended": ended},
     }
+
+
+def _resume_positions(payload: dict[str, Any]) -> dict[str, Position] | None:
+    """``extensions.gqlws.resume`` of a subscribe request: the positions last seen.
+
+    Each item is the ``extensions.gqlws`` of a notification received before
+    (``{"group", "epoch", "offset"}``), the last one per group. Malformed
+    items are ignored: a resume is a best effort, never a reason to refuse.
+    """
+    extensions = payload.get("extensions") or {}
+    resume = (extensions.get("gqlws") or {}).get("resume") if isinstance(extensions, dict) else None
+    if not isinstance(resume, list):
+        return None
+    positions: dict[str, Position] = {}
+    for item in resume:
+        if not isinstance(item, dict):
+            continue
+        group, epoch, offset = item.get("group"), item.get("epoch"), item.get("offset")
+        if (
+            isinstance(group, str)
+            and isinstance(epoch, str)
+            and type(offset) is int
+            and offset >= 0
+        ):
+            positions[group] = Position(epoch, offset)
+    return positions or None

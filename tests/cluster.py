@@ -170,6 +170,18 @@ class Cluster:
             time.sleep(0.1)
         raise TimeoutError(f"Worker not ready after {timeout} s:\n{worker.log_tail()}")
 
+    def kill_edge(self, index: int, signum: int = signal.SIGKILL) -> None:
+        edge = self.edges[index]
+        edge.signal(signum)
+        edge.process.wait(30)
+        edge.stop()
+
+    def restart_edge(self, index: int) -> None:
+        """Start a new edge in slot ``index`` (on a new port)."""
+        if self.edges[index].alive():
+            self.kill_edge(index)
+        self.edges[index] = self._start_edge(index)
+
     def kill_worker(self, index: int) -> None:
         worker = self.workers[index]
         if worker is not None:

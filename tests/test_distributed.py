@@ -137,3 +137,93 @@ async def test_a_lost_worker_gives_the_client_an_error_and_the_connection_keeps_
     for index in range(len(cluster.workers)):
         cluster.restart_worker(index)
     assert await client.execute("{ hello }") == {"data": {"hello": "Hello, world!"}}
+
+
+async def test_an_edge_killed_is_swept_and_its_clients_resume_on_the_other_edge(
+    cluster: Any, edge_clients: Any
+) -> None:
+    import redis
+
+    from tests.subscription_schema import OnEvent
+
+    group = f"edge-kill-{asyncio.get_running_loop().time()}"
+    query = "subscription($g: String) { onEvent(group: $g) { seq } }"
+    doomed_client, surviving_client = await edge_clients(0), await edge_clients(1)
+    doomed = await doomed_client.subscribe(query, variables={"g": group})
+    surviving = await surviving_client.subscribe(query, variables={"g": group})
+    store = redis.Redis.from_url(cluster.redis.url)
+    edges_before = {member.decode() for member in store.zrange("gqlws:edges", 0, -1)}
+    with distributed_runtime(cluster.redis.url):
+        for seq in range(3):
+            OnEvent.broadcast.delay(group=group, payload={"seq": seq})
+        for sub in (doomed, surviving):
+            assert [(await sub.next(timeout=30))["data"]["onEvent"]["seq"] for _ in range(3)] == [
+                0,
+                1,
+                2,
+            ]
+        try:
+            cluster.kill_edge(0)
+            for seq in range(3, 6):
+                OnEvent.broadcast.delay(group=group, payload={"seq": seq})
+            seqs = [(await surviving.next(timeout=30))["data"]["onEvent"]["seq"] for _ in range(3)]
+            assert seqs == [3, 4, 5]  # the other edge's subscribers are unaffected
+
+            def swept() -> bool:
+                live = {member.decode() for member in store.zrange("gqlws:edges", 0, -1)}
+                dead = edges_before - live
+                return bool(dead) and not any(
+                    store.exists(f"gqlws:{{e:{edge}}}:stream") for edge in dead
+                )
+
+            deadline = asyncio.get_running_loop().time() + 15  # heartbeat TTL is 3 s here
+            while not swept():
+                assert asyncio.get_running_loop().time() < deadline, "dead edge not swept"
+                await asyncio.sleep(0.1)
+            fabric_count = store.zcard(f"gqlws:{{g:{OnEvent._group_name(group)}}}:subs")
+            assert fabric_count == 1  # only the surviving edge's subscription is registered
+
+            # The dead edge's client reconnects to the other edge and resumes.
+            url = cluster.edge_urls[1] + "subscriptions-confirm/"
+            again = gqlws.testing.GraphqlWsClient(gqlws.GraphqlWsTransportAiohttp(url))
+            await again.connect_and_init()
+            resumed = await again.subscribe(query, variables={"g": group}, resume=doomed)
+            seqs = [(await resumed.next(timeout=30))["data"]["onEvent"]["seq"] for _ in range(3)]
+            assert seqs == [3, 4, 5]
+            await again.finalize()
+        finally:
+            cluster.restart_edge(0)
+            store.close()
+
+
+async def test_a_worker_killed_during_fan_out_loses_no_notification(cluster: Any) -> None:
+    from tests.subscription_schema import OnEvent
+
+    group, count, broadcasts = f"worker-kill-{asyncio.get_running_loop().time()}", 200, 1000
+    query = "subscription($g: String) { onEvent(group: $g) { seq } }"
+    clients = []
+    try:
+        for index in range(count):
+            url = cluster.edge_urls[index % 2] + "subscriptions-confirm/"
+            client = gqlws.testing.GraphqlWsClient(gqlws.GraphqlWsTransportAiohttp(url))
+            await client.connect_and_init()
+            clients.append((client, await client.subscribe(query, variables={"g": group})))
+
+        async def collect(sub: Any) -> list[int]:
+            return [
+                (await sub.next(timeout=120))["data"]["onEvent"]["seq"] for _ in range(broadcasts)
+            ]
+
+        collecting = [asyncio.ensure_future(collect(sub)) for _, sub in clients]
+        with distributed_runtime(cluster.redis.url):
+            for seq in range(broadcasts):
+                OnEvent.broadcast.delay(group=group, payload={"seq": seq})
+                if seq == broadcasts // 3:
+                    cluster.kill_worker(0)  # SIGKILL, mid fan-out
+                    cluster.restart_worker(0)
+        received = await asyncio.wait_for(asyncio.gather(*collecting), 300)
+        for seqs in received:
+            assert seqs == list(range(broadcasts))  # every one, once, in order
+    finally:
+        for client, _ in clients:
+            await client.finalize()

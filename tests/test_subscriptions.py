@@ -430,3 +430,39 @@ async def test_gqlws_broadcast_delay_takes_a_subscription_class_or_its_path(
     assert [(await sub.next(timeout=10))["data"]["onEvent"]["seq"] for _ in range(2)] == [1, 2]
     with pytest.raises(TypeError, match="gqlws Subscription"):
         gqlws.broadcast.delay("tests.schema.Query", group="x")
+
+
+async def test_a_client_resubscribing_with_its_last_positions_gets_what_it_missed(
+    mode: str, client_factory: MakeClient
+) -> None:
+    group = f"resume-{mode}-{time.monotonic_ns()}"
+    first = await client_factory()
+    sub = await first.subscribe(ON_EVENT, variables={"g": group})
+    for seq in range(3):
+        await OnEvent.broadcast(group=group, payload={"seq": seq})
+    assert [(await sub.next(timeout=10))["data"]["onEvent"]["seq"] for _ in range(3)] == [0, 1, 2]
+    assert [p["offset"] for p in sub.positions] == [3]
+    await first.finalize()  # the connection is lost
+    await wait_until(lambda: group_subscribers(group) == 0)
+    for seq in range(3, 8):
+        await OnEvent.broadcast(group=group, payload={"seq": seq})
+
+    second = await client_factory()
+    resumed = await second.subscribe(ON_EVENT, variables={"g": group}, resume=sub)
+    await OnEvent.broadcast(group=group, payload={"seq": 8})
+    received = [(await resumed.next(timeout=10))["data"]["onEvent"]["seq"] for _ in range(6)]
+    assert received == [3, 4, 5, 6, 7, 8]  # the missed ones first, in order, then new ones
+    await second.assert_no_messages(timeout=0.3)
+
+
+async def test_resuming_from_another_epoch_ends_with_a_resync_error(
+    mode: str, client_factory: MakeClient
+) -> None:
+    group = f"stale-{mode}-{time.monotonic_ns()}"
+    await OnEvent.broadcast(group=group, payload={"seq": 0})
+    client = await client_factory()
+    stale = [{"group": OnEvent._group_name(group), "epoch": "gone", "offset": 0}]
+    with pytest.raises(gqlws.GraphqlWsResponseError) as error:
+        sub = await client.subscribe(ON_EVENT, variables={"g": group}, resume=stale)
+        await sub.next(timeout=10)
+    assert "RESYNC" in str(error.value)
