@@ -36,7 +36,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from graphql import OperationType, ValidationRule
 
-from . import protocol, runtime
+from . import drain, protocol, runtime
 from .context import OperationContext
 from .daphne_compat import patch_daphne
 from .execution import DocumentCache, InvalidDocument, document_cache, graphql_schema
@@ -122,6 +122,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         self._tasks = TaskGroup(LOG)
         self._closed = False
         self._serial: asyncio.Queue[Operation] | None = None
+        self._outbox_task: asyncio.Task[Any] | None = None
         self._bucket = (
             TokenBucket(self.rate_limit, self.rate_limit_burst, time.monotonic())
             if self.rate_limit
@@ -161,8 +162,14 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         patch_daphne()  # in case Daphne was loaded after this module
+        drain.install(runtime.settings().DRAIN_GRACE)
         session = protocol.negotiate(self.scope.get("subprotocols") or [])
-        self._spawn(self._outbox.run(), "outbox")
+        self._outbox_task = self._spawn(self._outbox.run(), "outbox")
+        if drain.draining():
+            await self.accept(session.subprotocol if session else None)
+            self._close(protocol.CloseCode.SERVICE_RESTART, "Server restarting: reconnect")
+            return
+        drain.track(self)
         if session is None:
             # Accept, explain, then close: a refused handshake would only tell
             # the client "403". The reason also goes out as one text frame, for
@@ -218,6 +225,20 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         await asyncio.gather(*self._ending, return_exceptions=True)
         await self._tasks.cancel_all()
         raise StopConsumer()
+
+    async def drain(self, grace: float) -> None:
+        """Let running queries and mutations finish (up to ``grace`` s), then close with 1012."""
+        running = [
+            op.task
+            for op in self._operations.values()
+            if op.subscription is None and op.task is not None and not op.task.done()
+        ]
+        if running:
+            await asyncio.wait(running, timeout=grace)
+        self._close(protocol.CloseCode.SERVICE_RESTART, "Server restarting: reconnect and resume")
+        # Until the close frame is out: the server stops right after the drain.
+        if self._outbox_task is not None:
+            await asyncio.wait([self._outbox_task], timeout=2.0)
 
     # ---- Sending ------------------------------------------------------------
 

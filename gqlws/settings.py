@@ -67,6 +67,8 @@ class Settings:
     FANOUT_CHUNK_SIZE: int = 256
     #: Celery queue of gqlws tasks.
     CELERY_QUEUE: str = "gqlws"
+    #: Seconds a draining edge (SIGTERM) lets running operations finish before closing.
+    DRAIN_GRACE: float = 5.0
 
     @property
     def distributed(self) -> bool:
@@ -84,6 +86,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "OPERATION_TIMEOUT": (_positive_number, "a positive number of seconds"),
     "FANOUT_CHUNK_SIZE": (_positive_int, "a positive integer"),
     "CELERY_QUEUE": (_name, "a non-empty string without spaces"),
+    "DRAIN_GRACE": (_positive_number, "a positive number of seconds"),
 }
 
 

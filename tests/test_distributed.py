@@ -227,3 +227,23 @@ async def test_a_worker_killed_during_fan_out_loses_no_notification(cluster: Any
     finally:
         for client, _ in clients:
             await client.finalize()
+
+
+async def test_an_edge_stopped_with_sigterm_finishes_running_work_then_closes_with_1012(
+    cluster: Any, edge_clients: Any
+) -> None:
+    import signal
+
+    client = await edge_clients(0)
+    try:
+        slow = await client.start('{ sleep(seconds: 1.5, tag: "in-flight") }')
+        cluster.edges[0].signal(signal.SIGTERM)
+        result = await client.receive(wait_id=slow)
+        assert result == {"data": {"sleep": "in-flight"}}  # in-flight work is not lost
+        with pytest.raises(gqlws.transport.GraphqlWsConnectionClosed) as closed:
+            for _ in range(5):
+                await client.receive(timeout=10)
+        assert closed.value.code == 1012
+        assert cluster.edges[0].process.wait(30) is not None  # and the edge exits
+    finally:
+        cluster.restart_edge(0)

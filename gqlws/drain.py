@@ -1,0 +1,80 @@
+"""Graceful drain of an edge on SIGTERM: finish what runs, close with 1012, exit.
+
+An edge that is told to stop (SIGTERM from a process manager, a rolling
+deploy) should not cut its WebSockets mid-request. On SIGTERM:
+
+1. the edge is *draining*: new connections are closed at once with 1012
+   ("service restart"), so clients reconnect elsewhere;
+2. each open connection waits for its running queries and mutations, up to
+   ``GQLWS["DRAIN_GRACE"]`` seconds, then closes with 1012 (its
+   subscriptions are unregistered; clients resubscribe elsewhere with the
+   positions they last saw and receive what they missed);
+3. the server's own SIGTERM handling runs (Daphne stops its reactor).
+
+How it hooks in: the first connection of a process installs a SIGTERM
+handler on the running event loop (``loop.add_signal_handler``), keeping
+the handler it replaces to call when the drain is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import weakref
+from typing import Any, Protocol
+
+__all__ = ["Drainable", "draining", "install", "track"]
+
+LOG = logging.getLogger(__name__)
+
+
+class Drainable(Protocol):
+    async def drain(self, grace: float) -> None: ...
+
+
+_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+_state = {"installed": False, "draining": False}
+
+
+def draining() -> bool:
+    """True once this process started draining."""
+    return _state["draining"]
+
+
+def track(connection: Drainable) -> None:
+    """Remember an open connection, for the drain (weakly: it may just go away)."""
+    _connections.add(connection)
+
+
+def install(grace: float) -> None:
+    """Install the SIGTERM drain on the running loop, once per process."""
+    if _state["installed"]:
+        return
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(_drain(grace, previous)))
+    except (NotImplementedError, RuntimeError, ValueError):
+        return  # not the main thread, or no signals here: nothing to drain for
+    _state["installed"] = True
+
+
+async def _drain(grace: float, previous: Any) -> None:
+    if _state["draining"]:
+        return
+    _state["draining"] = True
+    connections = list(_connections)
+    LOG.warning("SIGTERM: draining %d connections (grace %.1f s)", len(connections), grace)
+    if connections:
+        await asyncio.gather(
+            *(connection.drain(grace) for connection in connections), return_exceptions=True
+        )
+    loop = asyncio.get_running_loop()
+    loop.remove_signal_handler(signal.SIGTERM)
+    if callable(previous):
+        previous(signal.SIGTERM, None)
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
