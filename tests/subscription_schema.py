@@ -223,8 +223,26 @@ class StoreUnsendable(graphene.Mutation):
         return StoreUnsendable(ok=True)
 
 
+class RecordThenSleep(graphene.Mutation):
+    """A mutation with a visible effect: appends a line to a file, then sleeps."""
+
+    class Arguments:
+        path = graphene.String(required=True)
+        seconds = graphene.Float(required=True)
+
+    ok = graphene.Boolean()
+
+    @staticmethod
+    def mutate(root: Any, info: Any, path: str, seconds: float) -> RecordThenSleep:
+        with open(path, "a") as effects:
+            effects.write("executed\n")
+        time.sleep(seconds)
+        return RecordThenSleep(ok=True)
+
+
 class Mutation(graphene.ObjectType):
     login = Login.Field()
+    record_then_sleep = RecordThenSleep.Field()
     store_unsendable = StoreUnsendable.Field()
     set_name = SetName.Field()
     send_chat_message = SendChatMessage.Field()

@@ -247,3 +247,79 @@ async def test_an_edge_stopped_with_sigterm_finishes_running_work_then_closes_wi
         assert cluster.edges[0].process.wait(30) is not None  # and the edge exits
     finally:
         cluster.restart_edge(0)
+
+
+async def test_a_redis_restart_keeps_sockets_open_and_shows_the_loss_as_a_resync(
+    cluster: Any,
+) -> None:
+    import redis
+
+    from gqlws import runtime
+    from tests.subscription_schema import OnEvent
+
+    group = f"redis-restart-{asyncio.get_running_loop().time()}"
+    query = "subscription($g: String) { onEvent(group: $g) { seq } }"
+    clients, subs = [], []
+    try:
+        for index in range(100):
+            url = cluster.edge_urls[index % 2] + "subscriptions-confirm/"
+            client = gqlws.testing.GraphqlWsClient(gqlws.GraphqlWsTransportAiohttp(url))
+            await client.connect_and_init()
+            clients.append(client)
+            subs.append(await client.subscribe(query, variables={"g": group}))
+        with distributed_runtime(cluster.redis.url):
+            OnEvent.broadcast.delay(group=group, payload={"seq": 1})
+            for sub in subs:
+                assert (await sub.next(timeout=30))["data"]["onEvent"]["seq"] == 1
+
+            cluster.redis.stop()  # Redis dies: every stream and registration is lost
+            cluster.redis.start()
+            store = redis.Redis.from_url(cluster.redis.url)
+            fabric = runtime.fabric()
+            name = OnEvent._group_name(group)
+            deadline = asyncio.get_running_loop().time() + 30
+            while fabric.subscriber_count(name, 2**62) < 100:  # edges registered them again
+                assert asyncio.get_running_loop().time() < deadline, "not registered again"
+                await asyncio.sleep(0.1)
+            store.close()
+            for client in clients:
+                assert client.connected  # no WebSocket was closed
+            while True:  # the test process's own connections come back too
+                try:
+                    OnEvent.broadcast.delay(group=group, payload={"seq": 2})
+                    break
+                except Exception:
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.1)
+            for sub in subs:
+                with pytest.raises(gqlws.GraphqlWsResponseError) as notice:
+                    await sub.next(timeout=30)  # never a silent gap: a resync notice
+                assert "RESYNC" in str(notice.value)
+                assert (await sub.next(timeout=30))["data"]["onEvent"]["seq"] == 2
+    finally:
+        for client in clients:
+            await client.finalize()
+
+
+async def test_a_worker_killed_mid_mutation_runs_it_at_most_once(
+    cluster: Any, edge_clients: Any, tmp_path: Any
+) -> None:
+    effects = tmp_path / "effects"
+    client = await edge_clients(1)
+    mutation = "mutation($p: String!) { recordThenSleep(path: $p, seconds: 3) { ok } }"
+    op = await client.start(mutation, variables={"p": str(effects)})
+    deadline = asyncio.get_running_loop().time() + 20
+    while not effects.exists():  # the mutation is running on a worker
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    for index in range(len(cluster.workers)):
+        cluster.kill_worker(index)
+    with pytest.raises(gqlws.GraphqlWsResponseError, match="ran at most once"):
+        await client.receive(wait_id=op)
+    for index in range(len(cluster.workers)):
+        cluster.restart_worker(index)
+    assert await client.execute("{ hello }") == {"data": {"hello": "Hello, world!"}}
+    # A second run would have started by now (the queue is served in order)
+    # and written its line at once.
+    await client.execute("{ sleep(seconds: 0.5) }")
+    assert effects.read_text() == "executed\n"
