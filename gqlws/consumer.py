@@ -161,8 +161,9 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             self._close(protocol.CloseCode.INTERNAL_SERVER_ERROR, "Internal server error")
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
-        patch_daphne()  # in case Daphne was loaded after this module
-        drain.install(runtime.settings().DRAIN_GRACE)
+        settings = runtime.settings()
+        patch_daphne(settings.MAX_SEND_BUFFER)  # in case Daphne was loaded after this module
+        drain.install(settings.DRAIN_GRACE)
         session = protocol.negotiate(self.scope.get("subprotocols") or [])
         self._outbox_task = self._spawn(self._outbox.run(), "outbox")
         if drain.draining():

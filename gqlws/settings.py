@@ -69,6 +69,8 @@ class Settings:
     CELERY_QUEUE: str = "gqlws"
     #: Seconds a draining edge (SIGTERM) lets running operations finish before closing.
     DRAIN_GRACE: float = 5.0
+    #: Bytes Daphne may buffer for a client that does not read before dropping it.
+    MAX_SEND_BUFFER: int = 4 << 20
 
     @property
     def distributed(self) -> bool:
@@ -87,6 +89,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "FANOUT_CHUNK_SIZE": (_positive_int, "a positive integer"),
     "CELERY_QUEUE": (_name, "a non-empty string without spaces"),
     "DRAIN_GRACE": (_positive_number, "a positive number of seconds"),
+    "MAX_SEND_BUFFER": (_positive_int, "a positive number of bytes"),
 }
 
 

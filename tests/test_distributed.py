@@ -230,16 +230,22 @@ async def test_a_worker_killed_during_fan_out_loses_no_notification(cluster: Any
 
 
 async def test_an_edge_stopped_with_sigterm_finishes_running_work_then_closes_with_1012(
-    cluster: Any, edge_clients: Any
+    cluster: Any, edge_clients: Any, tmp_path: Any
 ) -> None:
     import signal
 
+    effects = tmp_path / "effects"
     client = await edge_clients(0)
     try:
-        slow = await client.start('{ sleep(seconds: 1.5, tag: "in-flight") }')
+        mutation = "mutation($p: String!) { recordThenSleep(path: $p, seconds: 1.5) { ok } }"
+        running = await client.start(mutation, variables={"p": str(effects)})
+        deadline = asyncio.get_running_loop().time() + 20
+        while not effects.exists():  # the edge has it in flight, a worker runs it
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
         cluster.edges[0].signal(signal.SIGTERM)
-        result = await client.receive(wait_id=slow)
-        assert result == {"data": {"sleep": "in-flight"}}  # in-flight work is not lost
+        result = await client.receive(wait_id=running)
+        assert result == {"data": {"recordThenSleep": {"ok": True}}}  # in-flight work is not lost
         with pytest.raises(gqlws.transport.GraphqlWsConnectionClosed) as closed:
             for _ in range(5):
                 await client.receive(timeout=10)
