@@ -108,3 +108,46 @@ async def test_a_client_that_never_reads_is_dropped_and_memory_stays_bounded(
             slow.close()
         await reader.finalize()
         await sender.finalize()
+
+
+async def test_a_flood_of_ten_thousand_messages_is_cut_off_and_memory_stays_bounded(
+    daphne_server: ServerProcess,
+) -> None:
+    url = f"ws://127.0.0.1:{daphne_server.port}/graphql/"
+    bystander = gqlws.GraphqlWsClient(gqlws.GraphqlWsTransportAiohttp(url))
+    await bystander.connect_and_init()
+    try:
+        baseline = _rss_kib(daphne_server.pid)
+        flood = socket.create_connection(("127.0.0.1", daphne_server.port), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        flood.sendall(
+            (
+                f"GET /graphql/ HTTP/1.1\r\nHost: 127.0.0.1:{daphne_server.port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n"
+            ).encode()
+        )
+        subscribe = {"id": "x", "type": "subscribe", "payload": {"query": "{ hello }"}}
+        burst = _frame({"type": "connection_init"}) + b"".join(
+            _frame({**subscribe, "id": str(index)}) for index in range(10_000)
+        )
+        try:
+            flood.sendall(burst)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed by the server mid-flood: what should happen
+        flood.settimeout(10)
+        data = b""
+        try:
+            while chunk := flood.recv(1 << 16):
+                data += chunk
+        except ConnectionResetError:
+            pass
+        flood.close()
+        # The server's close frame: opcode 0x88, length 21, code 1008 and its reason.
+        assert b"\x88\x15\x03\xf0Rate limit exceeded" in data
+        assert await bystander.execute("{ hello }") == {"data": {"hello": "Hello, world!"}}
+        growth_mib = (_rss_kib(daphne_server.pid) - baseline) / 1024
+        assert growth_mib < 32, f"edge grew by {growth_mib:.0f} MiB"
+    finally:
+        await bystander.finalize()
