@@ -35,6 +35,7 @@ from .execution import (
 from .notify import LocalSubscriber
 from .phases import SubscribePhase, UnsubscribedPhase
 from .pool import run_in_pool
+from .publishing import cohort_signature
 from .remote import consumer_path, snapshot_scope
 from .serializer import deserialize, serialize
 
@@ -50,6 +51,8 @@ class Outcome:
     result: dict[str, Any]
     groups: list[str] = field(default_factory=list)
     is_subscription: bool = False
+    #: The subscriber's cohort key (``Subscription.cohort``), None: on its own.
+    cohort: bytes | None = None
 
     @property
     def errors(self) -> list[dict[str, Any]]:
@@ -72,6 +75,7 @@ class Executor(Protocol):
         prepared: PreparedOperation,
         variables: dict[str, Any] | None,
         context: OperationContext,
+        cohort: bytes | None,
     ) -> Any: ...
 
 
@@ -108,6 +112,7 @@ class EmbeddedExecutor:
         if isinstance(root, SubscribePhase):
             outcome.groups = root.groups
             outcome.is_subscription = root.subscription is not None
+            outcome.cohort = root.cohort
         return outcome
 
     def subscriber_data(
@@ -116,6 +121,7 @@ class EmbeddedExecutor:
         prepared: PreparedOperation,
         variables: dict[str, Any] | None,
         context: OperationContext,
+        cohort: bytes | None,
     ) -> Any:
         return LocalSubscriber(
             graphql_schema(consumer.schema),
@@ -125,6 +131,7 @@ class EmbeddedExecutor:
             middleware_list(consumer.middleware),
             consumer._executor(),
             run_on_loop(asyncio.get_running_loop()),
+            _signature(consumer, prepared, variables, cohort),
         )
 
 
@@ -188,7 +195,10 @@ class CeleryExecutor:
         if "delta" in answer:
             _merge(context.channels_scope, deserialize(answer["delta"]))
         return Outcome(
-            answer["result"], answer.get("groups") or [], answer.get("is_subscription", False)
+            answer["result"],
+            answer.get("groups") or [],
+            answer.get("is_subscription", False),
+            answer.get("cohort"),
         )
 
     def subscriber_data(
@@ -197,8 +207,20 @@ class CeleryExecutor:
         prepared: PreparedOperation,
         variables: dict[str, Any] | None,
         context: OperationContext,
+        cohort: bytes | None,
     ) -> Any:
-        return serialize(self._request(consumer, prepared, variables, context))
+        request = self._request(consumer, prepared, variables, context)
+        request["cohort"] = _signature(consumer, prepared, variables, cohort)
+        return serialize(request)
+
+
+def _signature(
+    consumer: Any, prepared: PreparedOperation, variables: Any, cohort: bytes | None
+) -> str | None:
+    cls = consumer if isinstance(consumer, type) else type(consumer)
+    return cohort_signature(
+        consumer_path(cls), prepared.query, prepared.operation_name, variables, cohort
+    )
 
 
 def _merge(scope: Any, delta: tuple[dict[str, Any], list[str]]) -> None:

@@ -19,6 +19,8 @@ class SubscribePhase:
         #: The gqlws Subscription class whose field was resolved, if any.
         self.subscription: type | None = None
         self.groups: list[str] = []
+        #: The subscriber's cohort key (serialized), None: a cohort of its own.
+        self.cohort: bytes | None = None
 
 
 class PublishPhase:

@@ -26,11 +26,10 @@ import asyncio
 import importlib
 import logging
 import threading
-from collections import defaultdict
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from broadcast import Delivery, DeliveryKind, Event, EventKind, Fabric, Subscriber
+from broadcast import Fabric, Subscriber
 
 from .context import OperationContext, TrackingDict
 from .execution import (
@@ -42,6 +41,7 @@ from .execution import (
     middleware_list,
 )
 from .phases import PublishPhase, SubscribePhase, UnsubscribedPhase
+from .publishing import Render, deliveries_for
 from .serializer import SerializationError, deserialize, serialize
 
 __all__ = [
@@ -214,6 +214,7 @@ def run_request(fabric: Fabric, request: dict[str, Any]) -> None:
         if isinstance(root, SubscribePhase):
             reply["groups"] = root.groups
             reply["is_subscription"] = root.subscription is not None
+            reply["cohort"] = root.cohort
         reply["delta"] = serialize(scope.checked_delta())
     except SerializationError as error:
         reply = {"result": {"data": None, "errors": [{"message": str(error)}]}}
@@ -233,6 +234,33 @@ def _as_graphql_error(error: Exception) -> Any:
 # ---- Fan-out -------------------------------------------------------------------
 
 
+def _renderer(subscriber: Subscriber) -> Render:
+    data = _data(subscriber)
+    consumer = import_consumer(data["consumer"])
+    scope = WorkerScope(deserialize(data["scope"]))
+
+    def render(root: PublishPhase) -> Any:
+        return _run_phase(
+            consumer,
+            data["query"],
+            data.get("operation_name"),
+            data.get("variables"),
+            scope,
+            data["op_id"],
+            root,
+        )
+
+    return render
+
+
+def _data(subscriber: Subscriber) -> dict[str, Any]:
+    """A subscriber's registration data, decoded once per fan-out."""
+    data = subscriber.data
+    if isinstance(data, bytes):
+        data = deserialize(data)
+    return data  # type: ignore[no-any-return]
+
+
 def fan_out(
     fabric: Fabric,
     group: str,
@@ -246,25 +274,42 @@ def fan_out(
 ) -> int:
     """Compute and deliver the notifications of one event; returns how many.
 
-    Without ``stop`` the whole group is in scope: if it is bigger than one
-    chunk, ``split(start, stop)`` is called for every chunk but the first,
-    which this call computes itself.
+    Without ``stop`` this is the event's first task: it reads the whole
+    group, computes every cohort (one render each, whatever its size) and
+    the first chunk of the other subscribers, and calls ``split(start,
+    stop)`` for each further chunk. With ``stop`` it is such a chunk task:
+    it computes the subscribers of its slice that belong to no cohort.
     """
-    if stop is None:
-        total = fabric.subscriber_count(group, offset)
-        stop = min(total, start + chunk_size)
-        if split is not None:
-            for chunk_start in range(stop, total, chunk_size):
-                split(chunk_start, min(total, chunk_start + chunk_size))
     event = fabric.event_at(group, epoch, offset)
-    by_edge: dict[str, list[Delivery]] = defaultdict(list)
+    if stop is None:
+        everyone = [_decoded(s) for s in fabric.subscribers(group, offset)]
+        chosen = [s for s in everyone if s.data.get("cohort") is not None]
+        singles = [index for index, s in enumerate(everyone) if s.data.get("cohort") is None]
+        if split is not None and len(singles) > chunk_size:
+            for chunk_start in range(chunk_size, len(singles), chunk_size):
+                chunk = singles[chunk_start : chunk_start + chunk_size]
+                split(chunk[0], chunk[-1] + 1)
+        chosen += [everyone[index] for index in singles[:chunk_size]]
+    else:
+        chosen = [
+            s
+            for s in map(_decoded, fabric.subscribers(group, offset, start, stop))
+            if s.data.get("cohort") is None
+        ]
     count = 0
-    for subscriber in fabric.subscribers(group, offset, start, stop):
-        by_edge[subscriber.edge_id].append(notification_for(event, subscriber))
-        count += 1
-    for edge_id, deliveries in by_edge.items():
+    for edge_id, deliveries in deliveries_for(event, chosen, _renderer, _cohort).items():
         fabric.deliver(edge_id, deliveries)
+        count += len(deliveries)
     return count
+
+
+def _decoded(subscriber: Subscriber) -> Subscriber:
+    data = _data(subscriber)
+    return Subscriber(subscriber.edge_id, subscriber.sub_id, subscriber.positions, data)
+
+
+def _cohort(subscriber: Subscriber) -> str | None:
+    return _data(subscriber).get("cohort")
 
 
 def renotify(
@@ -277,40 +322,8 @@ def renotify(
     offsets: list[int],
 ) -> None:
     """Compute again, for one subscriber, the notifications of ``offsets``."""
-    subscriber = Subscriber(edge_id, sub_id, {}, data)
-    deliveries = [
-        notification_for(fabric.event_at(group, epoch, offset), subscriber) for offset in offsets
-    ]
-    fabric.deliver(edge_id, deliveries)
-
-
-def notification_for(event: Event, subscriber: Subscriber) -> Delivery:
-    """One subscriber's delivery for ``event``, computed from its registration data."""
-
-    def delivery(kind: DeliveryKind, body: Any = None) -> Delivery:
-        return Delivery(subscriber.sub_id, event.group, event.epoch, event.offset, kind, body)
-
-    if event.kind is EventKind.UNSUBSCRIBE:
-        return delivery(DeliveryKind.END)
-    try:
-        data = deserialize(subscriber.data)
-        consumer = import_consumer(data["consumer"])
-        root = PublishPhase(deserialize(event.payload))
-        result = _run_phase(
-            consumer,
-            data["query"],
-            data.get("operation_name"),
-            data.get("variables"),
-            WorkerScope(deserialize(data["scope"])),
-            data["op_id"],
-            root,
-        )
-    except Exception:
-        LOG.exception("Computing a notification of %r failed", event.group)
-        return delivery(DeliveryKind.RESULT, {"data": None, "errors": [_INTERNAL]})
-    if root.skipped and not result.errors:
-        return delivery(DeliveryKind.SKIP)
-    return delivery(DeliveryKind.RESULT, format_result(result))
-
-
-_INTERNAL = {"message": "Internal server error"}
+    subscriber = _decoded(Subscriber(edge_id, sub_id, {}, data))
+    for offset in offsets:
+        event = fabric.event_at(group, epoch, offset)
+        for edge, deliveries in deliveries_for(event, [subscriber], _renderer, _cohort).items():
+            fabric.deliver(edge, deliveries)

@@ -67,6 +67,16 @@ from .serializer import serialize
 __all__ = ["Broadcast", "Subscription", "broadcast"]
 
 
+class _SameForAll:
+    """``cohort`` value: ``publish`` gives every subscriber the same result."""
+
+    def __repr__(self) -> str:
+        return "Subscription.SAME_FOR_ALL"
+
+
+SAME_FOR_ALL = _SameForAll()
+
+
 class _Skip:
     """The value ``publish`` returns to suppress one notification."""
 
@@ -149,6 +159,16 @@ class Subscription(graphene.ObjectType):
 
     #: Return it from ``publish`` to send nothing to this subscriber.
     SKIP = SKIP
+    #: A ``cohort`` declaring that ``publish`` does not depend on the connection.
+    SAME_FOR_ALL = SAME_FOR_ALL
+
+    #: Which subscribers are sure to get the same notification (see the module
+    #: docstring): None (the default, as in the reference library) - each one
+    #: its own; ``SAME_FOR_ALL``; or ``cohort(info) -> key`` (say, the user id)
+    #: when ``publish`` depends on the connection only through that key.
+    #: Subscribers with the same document, variables and cohort get one
+    #: ``publish`` call and one encoded frame per broadcast.
+    cohort: Any = None
 
     class Meta:
         abstract = True
@@ -225,7 +245,10 @@ class Subscription(graphene.ObjectType):
             root.subscription = cls
             if meta.subscribe is None:
                 root.groups = [cls._group_name(None)]
+                root.cohort = cls._cohort_of(info)
                 return None
+
+            root.cohort = cls._cohort_of(info)
 
             def subscribed(groups: Any) -> None:
                 root.groups = cls._group_names(groups)
@@ -239,6 +262,22 @@ class Subscription(graphene.ObjectType):
             f"Subscription field of {cls.__name__} resolved outside a subscription: "
             "subscriptions are served by GraphqlWsConsumer"
         )
+
+    @classmethod
+    def _cohort_of(cls, info: Any) -> bytes | None:
+        declared = inspect.getattr_static(cls, "cohort")
+        if isinstance(declared, staticmethod):
+            declared = declared.__func__
+        if declared is None:
+            return None
+        if declared is SAME_FOR_ALL:
+            return b"*"
+        if not callable(declared):
+            raise TypeError(
+                f"{cls.__name__}.cohort must be None, Subscription.SAME_FOR_ALL or a function "
+                f"of info, got {declared!r}"
+            )
+        return serialize(declared(info))
 
     @classmethod
     def _group_name(cls, group: str | None) -> str:

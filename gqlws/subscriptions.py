@@ -77,7 +77,7 @@ class SubscriptionsMixin:
             self._emit(operation, session.error(op_id, [{"message": message}]))
             return False
         live = LiveSubscription(f"{op_id}:{uuid.uuid4().hex}", prepared, variables, context)
-        data = self._runner.subscriber_data(self, prepared, variables, context)
+        data = self._runner.subscriber_data(self, prepared, variables, context, outcome.cohort)
         target = functools.partial(self._on_delivery, operation)
         registering = asyncio.ensure_future(
             Edge.current().subscribe(
@@ -106,20 +106,11 @@ class SubscriptionsMixin:
         if self._operations.get(operation.op_id) is not operation or self._session is None:
             return
         if delivery.kind is DeliveryKind.RESULT:
-            body = dict(delivery.body)
-            # The position travels with the notification: a client that
-            # reconnects resubscribes with it and gets what it missed.
-            body["extensions"] = {
-                **(body.get("extensions") or {}),
-                "gqlws": {
-                    "group": delivery.group,
-                    "epoch": delivery.epoch,
-                    "offset": delivery.offset,
-                },
-            }
-            for action in self._session.next(operation.op_id, body):
-                if isinstance(action, protocol.Send):
-                    self._outbox.notify(protocol.encode(action.message))
+            # The payload was encoded once for its whole cohort, its stream
+            # position included: only the operation id is spliced in here.
+            frame = self._session.next_text(operation.op_id, delivery.body)
+            if frame is not None:
+                self._outbox.notify(frame)
         elif delivery.kind is DeliveryKind.END:
             del self._operations[operation.op_id]
             self._apply(self._session.complete(operation.op_id))

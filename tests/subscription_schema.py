@@ -120,6 +120,36 @@ class OnChatMessage(gqlws.Subscription):
         UNSUBSCRIBED.append(("OnChatMessage", chatroom))
 
 
+class SharedNews(gqlws.Subscription):
+    """The same news for everyone: one publish per broadcast, whoever listens."""
+
+    text = graphene.String()
+    cohort = gqlws.Subscription.SAME_FOR_ALL
+    #: publish calls so far (this process).
+    calls: ClassVar[int] = 0
+
+    @staticmethod
+    def publish(payload: Any, info: Any) -> Any:
+        SharedNews.calls += 1
+        return SharedNews(text=payload["text"])
+
+
+class PerUserNews(gqlws.Subscription):
+    """News rendered per user name: one publish per distinct ``name`` in the context."""
+
+    text = graphene.String()
+    calls: ClassVar[int] = 0
+
+    @staticmethod
+    def cohort(info: Any) -> Any:
+        return info.context.get("name")
+
+    @staticmethod
+    def publish(payload: Any, info: Any) -> Any:
+        PerUserNews.calls += 1
+        return PerUserNews(text=f"{payload['text']} for {info.context.get('name')}")
+
+
 class Forbidden(gqlws.Subscription):
     """``subscribe`` refuses."""
 
@@ -138,6 +168,8 @@ class Subscription(graphene.ObjectType):
     on_event = OnEvent.Field()
     on_chat_message = OnChatMessage.Field()
     forbidden = Forbidden.Field()
+    shared_news = SharedNews.Field()
+    per_user_news = PerUserNews.Field()
     not_gqlws = graphene.String()
 
     @staticmethod

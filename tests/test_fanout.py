@@ -6,6 +6,9 @@ from collections.abc import Sequence
 
 from broadcast import Delivery, DeliveryKind, EventKind, InMemoryFabric
 from gqlws.remote import fan_out
+from gqlws.serializer import serialize
+
+NO_COHORT = serialize({"cohort": None})
 
 
 async def test_a_big_group_is_split_into_chunks_and_only_earlier_subscribers_count() -> None:
@@ -14,9 +17,9 @@ async def test_a_big_group_is_split_into_chunks_and_only_earlier_subscribers_cou
     for edge in delivered:
         fabric.attach_edge(edge, delivered[edge].append)
     for index in range(10):
-        await fabric.register("a" if index % 2 else "b", f"s{index}", ["g"], None)
+        await fabric.register("a" if index % 2 else "b", f"s{index}", ["g"], NO_COHORT)
     event = fabric.issue("g", EventKind.UNSUBSCRIBE, b"")
-    await fabric.register("a", "late", ["g"], None)  # after the event: not a subscriber of it
+    await fabric.register("a", "late", ["g"], NO_COHORT)  # after the event: not a subscriber of it
 
     chunks: list[tuple[int, int]] = []
     count = fan_out(
@@ -35,3 +38,48 @@ async def test_a_big_group_is_split_into_chunks_and_only_earlier_subscribers_cou
     assert sorted(d.sub_id for d in deliveries) == sorted(f"s{i}" for i in range(10))
     assert {d.kind for d in deliveries} == {DeliveryKind.END}
     assert {d.offset for d in deliveries} == {event.offset}
+
+
+async def test_five_thousand_identical_subscribers_cost_one_publish_and_one_encoding() -> None:
+    import asyncio
+
+    from broadcast import get_fabric, set_fabric
+    from gqlws import runtime
+    from gqlws.context import OperationContext
+    from gqlws.executors import EmbeddedExecutor
+    from tests.subscription_schema import SharedNews, SubscriptionConsumer
+
+    fabric = InMemoryFabric()
+    set_fabric(fabric)
+    try:
+        received: list[Delivery] = []
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def sink(batch: list[Delivery]) -> None:
+            received.extend(batch)
+            if len(received) >= 5000:
+                loop.call_soon_threadsafe(done.set)
+
+        fabric.attach_edge("edge", sink)
+        prepared = SubscriptionConsumer._documents().prepare("subscription { sharedNews { text } }")
+        executor = EmbeddedExecutor()
+        for index in range(5000):
+            context = OperationContext({"type": "websocket"}, str(index))
+            outcome = await executor.run(SubscriptionConsumer, "subscribe", prepared, None, context)
+            data = executor.subscriber_data(
+                SubscriptionConsumer, prepared, None, context, outcome.cohort
+            )
+            await fabric.register("edge", f"s{index}", outcome.groups, data)
+        SharedNews.calls = 0
+        event = runtime.issue(
+            SharedNews._group_name(None), EventKind.PUBLISH, serialize({"text": "hi"})
+        )
+        await asyncio.wait_for(done.wait(), 30)
+        assert SharedNews.calls == 1
+        assert len(received) == 5000 and {d.offset for d in received} == {event.offset}
+        assert len({id(d.body) for d in received}) == 1  # encoded once, shared by all
+        assert '"text":"hi"' in received[0].body
+    finally:
+        set_fabric(None)
+        assert get_fabric() is not fabric

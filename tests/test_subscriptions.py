@@ -466,3 +466,22 @@ async def test_resuming_from_another_epoch_ends_with_a_resync_error(
         sub = await client.subscribe(ON_EVENT, variables={"g": group}, resume=stale)
         await sub.next(timeout=10)
     assert "RESYNC" in str(error.value)
+
+
+async def test_a_per_user_cohort_renders_once_per_user_and_each_gets_its_own(
+    mode: str, client_factory: MakeClient
+) -> None:
+    from tests.subscription_schema import PerUserNews
+
+    query = "subscription { perUserNews { text } }"
+    subs = []
+    for name in ("alice", "alice", "bob"):
+        client = await client_factory()
+        await client.execute(SET_NAME, {"name": name})
+        subs.append(await client.subscribe(query))
+    PerUserNews.calls = 0
+    await PerUserNews.broadcast(payload={"text": "news"})
+    texts = [(await sub.next(timeout=10))["data"]["perUserNews"]["text"] for sub in subs]
+    assert texts == ["news for alice", "news for alice", "news for bob"]
+    if mode == "embedded":  # publish ran in this process: count its calls
+        assert PerUserNews.calls == 2

@@ -232,6 +232,19 @@ class ProtocolSession(ABC):
     def next(self, op_id: str, result: dict[str, Any]) -> list[Action]:
         """Deliver one execution result (``{"data": ..., "errors": [...]}``)."""
 
+    #: The type of a result message in this subprotocol ("next" or "data").
+    result_type = "next"
+
+    def next_text(self, op_id: str, payload_json: str) -> str | None:
+        """``next`` as frame text around an already encoded payload; None if ``op_id`` ended.
+
+        The fan-out encodes a notification once for all its subscribers; the
+        id is the only part of the frame that differs between them.
+        """
+        if op_id not in self.operations:
+            return None
+        return f'{{"id":{json.dumps(op_id)},"type":"{self.result_type}","payload":{payload_json}}}'
+
     @abstractmethod
     def error(self, op_id: str, errors: list[dict[str, Any]]) -> list[Action]:
         """The operation failed before execution (invalid document...); ends it."""

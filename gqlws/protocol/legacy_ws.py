@@ -54,6 +54,7 @@ class LegacyWsSession(ProtocolSession):
     """Protocol state of one legacy ``graphql-ws`` connection."""
 
     subprotocol: str = SUBPROTOCOL
+    result_type = "data"
     #: Starts received while the connection hook runs, released on ack.
     held: list[tuple[str, OperationPayload]] = field(default_factory=list)
 

@@ -1,0 +1,435 @@
+"""Benchmarks of gqlws against a bare ASGI app, embedded and distributed, in one run.
+
+Run from the repository root::
+
+    python -m benchmarks.run                      # full sizes, both modes (minutes)
+    python -m benchmarks.run --quick              # tiny sizes: correctness in < 60 s
+    python -m benchmarks.run --mode embedded --subscribers 1000 --out /tmp/run.json
+
+It prints one table and writes JSON (``benchmarks/results/run.json`` unless
+``--out``). Every server runs under Daphne, on 127.0.0.1 and free ports,
+started and stopped here (``tests/processes.py``, ``tests/cluster.py``):
+
+``bare``
+    ``benchmarks/bare_app.py``: no Django, no GraphQL, precomputed answers;
+    the ceiling of the server, the machine and the load generator.
+``embedded``
+    the example chat (``example.asgi:application``), one Daphne process, a
+    temporary sqlite database (``GQLWS_EXAMPLE_DB``), no Redis, no Celery.
+``distributed``
+    the example chat on 2 Daphne edges, 2 Celery workers and a private Redis
+    (``tests.cluster.Cluster(project="example")``).
+
+For each server, the load generator (``benchmarks/loadgen.py``, a separate
+process, started once per measurement with a JSON spec) measures:
+
+1. **Query round trips** at 1, 16 and 64 connections, each a closed loop of
+   ``{ history(chatroom: "bench-empty") { text } }`` (an empty room):
+   results per second, p50 and p99 round trip.
+2. **Fan-out** to N subscribers of one room, spread over the edges,
+   half on ``graphql-transport-ws`` and half on ``graphql-ws``: K
+   ``sendChatMessage`` broadcasts back to back, then K at a fixed rate (the
+   same offered notifications per second for every server). Notifications
+   delivered per second, end-to-end p50 and p99 from the send time written
+   in the chat text to the receipt, and lost, duplicated and out-of-order
+   notifications, counted per connection from the sequence numbers in the
+   texts: these must be 0 (the run exits with 1 otherwise).
+3. **Memory** of an idle subscribed connection: the edges' RSS after the N
+   subscriptions are active minus before the sockets opened, divided by N.
+   Sizes run in increasing order on the same server, so a later size's
+   figure is a lower bound (memory freed by the earlier one is reused).
+
+Ratios are gqlws / bare, per row: below 1 for a throughput means slower than
+the ceiling, above 1 for a latency or memory means more. The machine's load
+average is recorded before and after each server: numbers from a busy
+machine are not comparable with numbers from an idle one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.loadgen import raise_fd_limit
+from tests.cluster import Cluster
+from tests.processes import ROOT, child_env, daphne
+
+__all__ = ["Sizes", "main"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODES = ("embedded", "distributed")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much load each measurement offers."""
+
+    connections: tuple[int, ...]
+    queries: int  # per connection count, shared by the connections
+    subscribers: tuple[int, ...]
+    broadcasts: int  # per phase: back to back, then at a fixed rate
+    notification_rate: float  # offered notifications per second in the fixed-rate phase
+    warmup: int  # unmeasured queries per connection first (caches, pools, prefetch)
+    deadline: float  # seconds one load generator run may take
+
+
+FULL = Sizes(
+    connections=(1, 16, 64),
+    queries=2000,
+    subscribers=(1000, 5000),
+    broadcasts=20,
+    notification_rate=1000.0,
+    warmup=5,
+    deadline=600.0,
+)
+QUICK = Sizes(
+    connections=(1, 16, 64),
+    queries=50,
+    subscribers=(20,),
+    broadcasts=20,
+    notification_rate=400.0,
+    warmup=1,
+    deadline=60.0,
+)
+
+
+@dataclass
+class Target:
+    """A running server: where its WebSocket endpoint is, which processes are its edges."""
+
+    name: str
+    urls: list[str]
+    edge_pids: list[int]
+
+
+class LoadgenFailed(RuntimeError):
+    """The load generator exited with an error; its stderr is the message."""
+
+
+# ---- Servers -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bare_server(log_dir: Path) -> Iterator[Target]:
+    with daphne("benchmarks.bare_app:application", log_dir, env=child_env()) as server:
+        yield Target("bare", [f"ws://127.0.0.1:{server.port}/graphql/"], [server.pid])
+
+
+@contextlib.contextmanager
+def embedded_server(log_dir: Path) -> Iterator[Target]:
+    env = child_env(
+        DJANGO_SETTINGS_MODULE="example.settings",
+        GQLWS_EXAMPLE_DB=str(log_dir / "embedded.sqlite3"),
+    )
+    done = subprocess.run(
+        [sys.executable, "example/manage.py", "migrate", "--noinput"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"migrate failed:\n{done.stdout}\n{done.stderr}")
+    with daphne("example.asgi:application", log_dir, env=env) as server:
+        yield Target("embedded", [f"ws://127.0.0.1:{server.port}/graphql/"], [server.pid])
+
+
+@contextlib.contextmanager
+def distributed_server(log_dir: Path) -> Iterator[Target]:
+    cluster_dir = log_dir / "cluster"
+    cluster_dir.mkdir()
+    with Cluster(
+        edges=2,
+        workers=2,
+        project="example",
+        log_dir=cluster_dir,
+        env={"GQLWS_EXAMPLE_DB": str(cluster_dir / "db.sqlite3")},
+    ) as cluster:
+        yield Target(
+            "distributed",
+            [url + "graphql/" for url in cluster.edge_urls],
+            [edge.pid for edge in cluster.edges],
+        )
+
+
+SERVERS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Target]]] = {
+    "bare": bare_server,
+    "embedded": embedded_server,
+    "distributed": distributed_server,
+}
+
+
+# ---- Measurements --------------------------------------------------------------
+
+
+def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run ``python -m benchmarks.loadgen`` with ``spec``; its JSON result."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.loadgen"],
+            input=json.dumps(spec),
+            cwd=ROOT,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=spec["deadline"] + 60,
+        )
+    except subprocess.TimeoutExpired:
+        raise LoadgenFailed(f"loadgen did not finish in {spec['deadline'] + 60} s") from None
+    if done.returncode != 0:
+        raise LoadgenFailed(done.stderr.strip()[-2000:] or f"exit code {done.returncode}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def measure(target: Target, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
+    """Queries at each connection count, then fan-out (and memory) at each size."""
+    results: dict[str, Any] = {
+        "urls": target.urls,
+        "edge_pids": target.edge_pids,
+        "loadavg_before": os.getloadavg(),
+        "queries": [],
+        "fanout": [],
+    }
+    for connections in sizes.connections:
+        log(f"{target.name}: queries on {connections} connection(s)")
+        spec = {
+            "kind": "queries",
+            "urls": target.urls,
+            "connections": connections,
+            "queries": sizes.queries,
+            "warmup": sizes.warmup,
+            "deadline": sizes.deadline,
+        }
+        results["queries"].append(_attempt(spec, {"connections": connections}))
+    for subscribers in sizes.subscribers:
+        rate = sizes.notification_rate / subscribers
+        log(f"{target.name}: fan-out to {subscribers} subscribers ({rate:g} broadcasts/s)")
+        spec = {
+            "kind": "fanout",
+            "urls": target.urls,
+            "subscribers": subscribers,
+            "back_to_back": sizes.broadcasts,
+            "fixed_rate": sizes.broadcasts,
+            "rate": rate,
+            "edge_pids": target.edge_pids,
+            "deadline": sizes.deadline,
+        }
+        results["fanout"].append(_attempt(spec, {"subscribers": subscribers}))
+    results["loadavg_after"] = os.getloadavg()
+    return results
+
+
+def _attempt(spec: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
+    """The load generator's result, or the case with the error that prevented it."""
+    try:
+        return loadgen(spec)
+    except LoadgenFailed as error:
+        return {**case, "error": str(error)}
+
+
+# ---- Checks and table -----------------------------------------------------------
+
+
+def problems(results: dict[str, Any]) -> list[str]:
+    """Everything that must not happen: failed measurements, errors, lost or disordered."""
+    found = []
+    for server, sections in results.items():
+        for row in sections.get("queries", []) + sections.get("fanout", []):
+            case = row.get("connections") or row.get("subscribers")
+            if "error" in row:
+                found.append(f"{server} {case}: {row['error'].splitlines()[-1]}")
+                continue
+            if row.get("errors"):
+                found.append(
+                    f"{server} {case}: {row['errors']} errors, e.g. {row['error_examples']}"
+                )
+            for phase in ("back_to_back", "fixed_rate"):
+                counts = row.get(phase)
+                if counts is None:
+                    continue
+                bad = {k: counts[k] for k in ("lost", "duplicated", "out_of_order") if counts[k]}
+                if bad or not counts["complete"]:
+                    found.append(f"{server} fan-out {case} {phase}: {bad or 'incomplete'}")
+    return found
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def table(results: dict[str, Any], sizes: Sizes) -> str:
+    """One row per (section, case, metric); a column per server, then gqlws / bare."""
+    servers = list(results)
+    gqlws_servers = [s for s in servers if s != "bare"]
+    rows: list[tuple[str, str, str, dict[str, Any]]] = []
+
+    def pick(section: str, key: str, value: Any) -> dict[str, dict[str, Any]]:
+        chosen = {}
+        for server in servers:
+            for row in results[server][section]:
+                if row.get(key) == value:
+                    chosen[server] = row
+        return chosen
+
+    def get(row: dict[str, Any] | None, *path: str) -> Any:
+        for key in path:
+            if not isinstance(row, dict) or row.get(key) is None:
+                return None
+            row = row[key]
+        return row
+
+    for connections in sizes.connections:
+        by_server = pick("queries", "connections", connections)
+        case = f"{connections} conn"
+        for metric, key in (("ops/s", "ops_per_s"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms")):
+            rows.append(("queries", case, metric, {s: get(r, key) for s, r in by_server.items()}))
+    for subscribers in sizes.subscribers:
+        by_server = pick("fanout", "subscribers", subscribers)
+        rate = sizes.notification_rate / subscribers
+        for phase, section in (
+            ("back_to_back", f"fan-out x{sizes.broadcasts} b2b"),
+            ("fixed_rate", f"fan-out x{sizes.broadcasts} @{rate:g}/s"),
+        ):
+            for metric, key in (
+                ("notif/s", "notifications_per_s"),
+                ("p50 ms", "p50_ms"),
+                ("p99 ms", "p99_ms"),
+            ):
+                values = {s: get(r, phase, key) for s, r in by_server.items()}
+                rows.append((section, f"N={subscribers}", metric, values))
+        memory = {
+            s: None if b is None else b / 1024
+            for s, b in (
+                (s, get(r, "memory", "bytes_per_connection")) for s, r in by_server.items()
+            )
+        }
+        rows.append(("memory (idle sub)", f"N={subscribers}", "KiB/conn", memory))
+        checks = {}
+        for server, row in by_server.items():
+            if "error" in row:
+                checks[server] = "FAILED"
+                continue
+            counts = [
+                sum(get(row, phase, k) or 0 for phase in ("back_to_back", "fixed_rate"))
+                for k in ("lost", "duplicated", "out_of_order")
+            ]
+            checks[server] = "/".join(str(c) for c in counts)
+        rows.append(("correctness", f"N={subscribers}", "lost/dup/ooo", checks))
+
+    header = ["section", "case", "metric", *servers, *(f"{s}/bare" for s in gqlws_servers)]
+    lines = []
+    for section, case, metric, values in rows:
+        cells = [section, case, metric, *(_number(values.get(s)) for s in servers)]
+        for server in gqlws_servers:
+            mine, bare = values.get(server), values.get("bare")
+            numeric = isinstance(mine, (int, float)) and isinstance(bare, (int, float))
+            cells.append(_number(mine / bare) if numeric and bare else "-")
+        lines.append(cells)
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *lines, strict=True)]
+    out = []
+    for index, cells in enumerate([header, *lines]):
+        out.append(
+            "  ".join(
+                str(c).ljust(w) if i < 3 else str(c).rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+        )
+        if index == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+# ---- Entry point ----------------------------------------------------------------
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: check correctness")
+    parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
+    parser.add_argument("--server", choices=["daphne"], default="daphne")
+    parser.add_argument("--out", type=Path, default=RESULTS / "run.json")
+    parser.add_argument("--subscribers", type=_counts, help="fan-out sizes, e.g. 1000,4000")
+    parser.add_argument("--broadcasts", type=int, help="broadcasts per fan-out phase")
+    parser.add_argument("--queries", type=int, help="queries per connection count")
+    parser.add_argument(
+        "--notification-rate", type=float, help="offered notifications/s, fixed-rate phase"
+    )
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    overrides = {
+        "subscribers": args.subscribers,
+        "broadcasts": args.broadcasts,
+        "queries": args.queries,
+        "notification_rate": args.notification_rate,
+    }
+    sizes = Sizes(**{**asdict(sizes), **{k: v for k, v in overrides.items() if v is not None}})
+    modes = list(MODES) if args.mode == "both" else [args.mode]
+    raise_fd_limit()  # the servers inherit it: thousands of sockets each
+
+    def log(line: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+    started = time.time()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="gqlws-bench-") as tmp:
+        for name in ["bare", *modes]:
+            log(f"{name}: starting")
+            with SERVERS[name](Path(tmp)) as target:
+                results[name] = measure(target, sizes, log)
+    report = {
+        "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
+        "quick": args.quick,
+        "server": args.server,
+        "modes": modes,
+        "sizes": asdict(sizes),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": time.time() - started,
+        "results": results,
+        "problems": problems(results),
+    }
+    text = table(results, sizes)
+    report["table"] = text
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(text)
+    loads = ", ".join(
+        f"{name} {r['loadavg_before'][0]:.1f}->{r['loadavg_after'][0]:.1f}"
+        for name, r in results.items()
+    )
+    print(f"\n{os.cpu_count()} CPUs; 1-min load average during each server: {loads}")
+    print(f"{report['seconds']:.0f} s; JSON: {args.out}")
+    for problem in report["problems"]:
+        print(f"PROBLEM: {problem}", file=sys.stderr)
+    return 1 if report["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
