@@ -34,6 +34,7 @@ async def edge_clients(cluster: Any) -> Any:
             await client.finalize()
 
 
+@pytest.mark.timeout(600)  # heavy: generous on a loaded 2-core machine
 async def test_two_thousand_delayed_broadcasts_from_a_third_process_reach_both_edges_in_order(
     cluster: Any, edge_clients: Any
 ) -> None:
@@ -196,6 +197,7 @@ async def test_an_edge_killed_is_swept_and_its_clients_resume_on_the_other_edge(
             store.close()
 
 
+@pytest.mark.timeout(600)  # heavy: generous on a loaded 2-core machine
 async def test_a_worker_killed_during_fan_out_loses_no_notification(cluster: Any) -> None:
     from tests.subscription_schema import OnEvent
 
@@ -255,6 +257,7 @@ async def test_an_edge_stopped_with_sigterm_finishes_running_work_then_closes_wi
         cluster.restart_edge(0)
 
 
+@pytest.mark.timeout(600)  # heavy: generous on a loaded 2-core machine
 async def test_a_redis_restart_keeps_sockets_open_and_shows_the_loss_as_a_resync(
     cluster: Any,
 ) -> None:

@@ -440,7 +440,7 @@ async def test_a_client_resubscribing_with_its_last_positions_gets_what_it_misse
     sub = await first.subscribe(ON_EVENT, variables={"g": group})
     for seq in range(3):
         await OnEvent.broadcast(group=group, payload={"seq": seq})
-    assert [(await sub.next(timeout=10))["data"]["onEvent"]["seq"] for _ in range(3)] == [0, 1, 2]
+    assert [(await sub.next(timeout=30))["data"]["onEvent"]["seq"] for _ in range(3)] == [0, 1, 2]
     assert [p["offset"] for p in sub.positions] == [3]
     await first.finalize()  # the connection is lost
     await wait_until(lambda: group_subscribers(group) == 0)
@@ -450,7 +450,7 @@ async def test_a_client_resubscribing_with_its_last_positions_gets_what_it_misse
     second = await client_factory()
     resumed = await second.subscribe(ON_EVENT, variables={"g": group}, resume=sub)
     await OnEvent.broadcast(group=group, payload={"seq": 8})
-    received = [(await resumed.next(timeout=10))["data"]["onEvent"]["seq"] for _ in range(6)]
+    received = [(await resumed.next(timeout=30))["data"]["onEvent"]["seq"] for _ in range(6)]
     assert received == [3, 4, 5, 6, 7, 8]  # the missed ones first, in order, then new ones
     await second.assert_no_messages(timeout=0.3)
 
