@@ -33,7 +33,7 @@ from .execution import (
     run_on_loop,
 )
 from .notify import LocalSubscriber
-from .phases import SubscribePhase, UnsubscribedPhase
+from .phases import SubscribePhase, root_for
 from .pool import run_in_pool
 from .publishing import cohort_signature
 from .remote import consumer_path, snapshot_scope
@@ -79,12 +79,6 @@ class Executor(Protocol):
     ) -> Any: ...
 
 
-def _root(phase: Phase) -> Any:
-    return {"execute": None, "subscribe": SubscribePhase(), "unsubscribed": UnsubscribedPhase()}[
-        phase
-    ]
-
-
 class EmbeddedExecutor:
     """Runs phases in the consumer class's thread pool."""
 
@@ -96,7 +90,7 @@ class EmbeddedExecutor:
         variables: dict[str, Any] | None,
         context: OperationContext,
     ) -> Outcome:
-        root = _root(phase)
+        root = root_for(phase)
         result = await run_in_pool(
             consumer._executor(),
             execute,

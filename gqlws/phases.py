@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PublishPhase", "SubscribePhase", "UnsubscribedPhase"]
+__all__ = ["PublishPhase", "SubscribePhase", "UnsubscribedPhase", "root_for"]
 
 
 class SubscribePhase:
@@ -33,3 +33,14 @@ class PublishPhase:
 
 class UnsubscribedPhase:
     """Root value while the ``unsubscribed`` callback runs."""
+
+
+def root_for(phase: str) -> Any:
+    """The root value of a request phase: "execute", "subscribe" or "unsubscribed"."""
+    if phase == "execute":
+        return None
+    if phase == "subscribe":
+        return SubscribePhase()
+    if phase == "unsubscribed":
+        return UnsubscribedPhase()
+    raise ValueError(f"Unknown phase {phase!r}")

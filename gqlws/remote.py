@@ -40,7 +40,7 @@ from .execution import (
     graphql_schema,
     middleware_list,
 )
-from .phases import PublishPhase, SubscribePhase, UnsubscribedPhase
+from .phases import PublishPhase, SubscribePhase, root_for
 from .publishing import Render, deliveries_for
 from .serializer import SerializationError, deserialize, serialize
 
@@ -196,11 +196,7 @@ def run_request(fabric: Fabric, request: dict[str, Any]) -> None:
     try:
         consumer = import_consumer(request["consumer"])
         scope = WorkerScope(deserialize(request["scope"]))
-        root: Any = {
-            "execute": None,
-            "subscribe": SubscribePhase(),
-            "unsubscribed": UnsubscribedPhase(),
-        }[phase]
+        root = root_for(phase)
         result = _run_phase(
             consumer,
             request["query"],
