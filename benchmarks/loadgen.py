@@ -25,7 +25,9 @@ Two kinds of measurement:
 
 ``fanout``
     ``subscribers`` sockets subscribe to ``onNewChatMessage`` on one fresh
-    room; a separate socket sends ``sendChatMessage`` mutations whose text is
+    room (each then makes one query round trip, and at most
+    ``CONNECT_CONCURRENCY`` sockets are being set up at once); a separate
+    socket sends ``sendChatMessage`` mutations whose text is
     ``"<seq> <time.time()>"``. First, warm-up broadcasts until every
     subscriber has received one: from then on each subscription is known to
     be active. The edges' RSS (``/proc/<pid>/status`` of ``edge_pids``) is read
@@ -53,7 +55,7 @@ import sys
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,16 +207,20 @@ async def open_links(
     count: int,
     pinned: str | None,
     timeout: float,
-    first_index: int = 0,
+    setup: Callable[[Link], Awaitable[None]] | None = None,
 ) -> list[Link]:
+    """``count`` sockets, at most ``CONNECT_CONCURRENCY`` being opened (and set up) at once."""
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     async def one(index: int) -> Link:
         async with gate:
             url = urls[index % len(urls)]
-            return await Link.open(session, url, protocol_of(index, pinned), timeout)
+            link = await Link.open(session, url, protocol_of(index, pinned), timeout)
+            if setup is not None:
+                await setup(link)
+            return link
 
-    return list(await asyncio.gather(*(one(first_index + index) for index in range(count))))
+    return list(await asyncio.gather(*(one(index) for index in range(count))))
 
 
 async def close_links(links: list[Link]) -> None:
@@ -306,6 +312,7 @@ class Subscriber:
 
     link: Link
     warm: bool = False
+    failed: bool = False
     seqs: list[int] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -317,6 +324,7 @@ class Tally:
     def __init__(self, subscribers: int) -> None:
         self.subscribers = subscribers
         self.warm = 0
+        self.failed = 0  # subscribers that got an error, or were closed
         self.delivered = 0
         self.last_receipt = 0.0  # time.time() of the latest notification, warm-up included
         self.changed = asyncio.Event()
@@ -325,6 +333,14 @@ class Tally:
 async def _read_notifications(subscriber: Subscriber, tally: Tally) -> None:
     link = subscriber.link
     result_type = link.result
+
+    def error(text: str) -> None:
+        subscriber.errors.append(text)
+        if not subscriber.failed:
+            subscriber.failed = True
+            tally.failed += 1
+            tally.changed.set()
+
     try:
         async for message in link.ws:
             if message.type != aiohttp.WSMsgType.TEXT:
@@ -332,20 +348,20 @@ async def _read_notifications(subscriber: Subscriber, tally: Tally) -> None:
             received = time.time()
             frame = json.loads(message.data)
             kind = frame.get("type")
-            if kind == "ka":
-                continue
+            if kind == "ka" or (kind == "complete" and frame.get("id") != SUBSCRIPTION_ID):
+                continue  # keepalive, or the late end of the set-up query
             if kind == "ping":
                 await link.send({"type": "pong"})
                 continue
             if kind != result_type or frame.get("id") != SUBSCRIPTION_ID:
-                subscriber.errors.append(json.dumps(frame)[:300])
+                error(json.dumps(frame)[:300])
                 continue
             payload = frame["payload"]
             try:
                 text = payload["data"]["onNewChatMessage"]["text"]
                 stamped = parse_stamp(text)
             except (KeyError, TypeError, ValueError):
-                subscriber.errors.append(json.dumps(frame)[:300])
+                error(json.dumps(frame)[:300])
                 continue
             tally.last_receipt = received
             if stamped is None:
@@ -358,10 +374,10 @@ async def _read_notifications(subscriber: Subscriber, tally: Tally) -> None:
                 subscriber.latencies.append(received - sent)
                 tally.delivered += 1
             tally.changed.set()
-    except (aiohttp.ClientError, OSError) as error:
-        subscriber.errors.append(repr(error))
+    except (aiohttp.ClientError, OSError) as failure:
+        error(repr(failure))
     # Readers are cancelled before the benchmark closes its sockets: ending here is an error.
-    subscriber.errors.append(f"closed by the server, code {link.ws.close_code}")
+    error(f"closed by the server, code {link.ws.close_code}")
 
 
 async def _wait_for(
@@ -414,21 +430,33 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
     async with aiohttp.ClientSession(connector=connector) as session:
         rss_before = rss_bytes(edge_pids)
         started = time.perf_counter()
-        links = await open_links(session, urls, count, spec.get("protocol"), timeout)
-        subscribers = [Subscriber(link) for link in links]
         tally = Tally(count)
-        readers = [asyncio.create_task(_read_notifications(s, tally)) for s in subscribers]
+        subscribers: list[Subscriber] = []
+        readers: list[asyncio.Task[None]] = []
+
+        async def subscribe(link: Link) -> None:
+            # Then one query round trip, as the example's clients do for lack of a
+            # confirmation: it also bounds how many subscriptions are being set up
+            # at once. (A burst of thousands at once is another benchmark.)
+            await link.start(SUBSCRIPTION_ID, SUBSCRIBE, {"r": room})
+            operation_id = link.new_id("q")
+            await link.start(operation_id, QUERY, {})
+            await _result_skipping_notifications(link, operation_id, timeout)
+            # Read from now on: a socket nobody reads leaves the server's pings
+            # unanswered, and Daphne closes it while the others are still opening.
+            subscriber = Subscriber(link)
+            subscribers.append(subscriber)
+            readers.append(asyncio.create_task(_read_notifications(subscriber, tally)))
+
         sender_link = None
         try:
-            await asyncio.gather(
-                *(s.link.start(SUBSCRIPTION_ID, SUBSCRIBE, {"r": room}) for s in subscribers)
-            )
+            links = await open_links(session, urls, count, spec.get("protocol"), timeout, subscribe)
             result["connect_and_subscribe_s"] = time.perf_counter() - started
             result["protocols"] = protocol_counts(links)
             # The broadcaster is one more connection on the first edge, not subscribed.
             sender_link = await Link.open(session, urls[0], TRANSPORT_WS, timeout)
             broadcaster = Broadcaster(sender_link, room, timeout)
-            result["warmup"] = await _warm_up(broadcaster, tally, deadline)
+            result["warmup"] = await _warm_up(broadcaster, subscribers, tally, deadline)
             rss_after = rss_bytes(edge_pids)
             result["memory"] = {
                 "edge_pids": edge_pids,
@@ -459,14 +487,28 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
             for reader in readers:
                 reader.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
-            await close_links(links + ([sender_link] if sender_link else []))
+            opened = [s.link for s in subscribers]
+            await close_links(opened + ([sender_link] if sender_link else []))
     errors = [e for s in subscribers for e in s.errors]
     result["errors"] = len(errors)
     result["error_examples"] = errors[:3]
     return result
 
 
-async def _warm_up(broadcaster: Broadcaster, tally: Tally, deadline: float) -> dict[str, Any]:
+async def _result_skipping_notifications(link: Link, operation_id: str, timeout: float) -> None:
+    """Wait for ``operation_id``'s result; a subscription error on the way is fatal."""
+    while True:
+        frame = await link.receive_frame(timeout)
+        if frame.get("id") == operation_id and frame.get("type") == link.result:
+            return
+        if frame.get("type") in ("ka", "complete"):
+            continue
+        raise LoadgenError(f"Setting up a subscriber, got {json.dumps(frame)[:300]}")
+
+
+async def _warm_up(
+    broadcaster: Broadcaster, subscribers: list[Subscriber], tally: Tally, deadline: float
+) -> dict[str, Any]:
     """Warm-up broadcasts until every subscriber received one, then let the room go quiet.
 
     Subscriptions are registered asynchronously (and the example sends no
@@ -476,12 +518,18 @@ async def _warm_up(broadcaster: Broadcaster, tally: Tally, deadline: float) -> d
     started = time.perf_counter()
     sent = 0
     while tally.warm < tally.subscribers:
-        if time.monotonic() > deadline:
-            raise LoadgenError(f"Only {tally.warm} of {tally.subscribers} subscriptions active")
+        if time.monotonic() > deadline or tally.failed:
+            examples = [e for s in subscribers for e in s.errors][:3]
+            raise LoadgenError(
+                f"Only {tally.warm} of {tally.subscribers} subscriptions active,"
+                f" {tally.failed} failed: {examples}"
+            )
         await broadcaster.send(warmup_text(sent))
         sent += 1
         # Wait while warm-ups still arrive; a stall means a new one is needed.
-        await _wait_for(lambda: tally.warm >= tally.subscribers, tally, 2.0, deadline)
+        await _wait_for(
+            lambda: tally.warm >= tally.subscribers or tally.failed > 0, tally, 2.0, deadline
+        )
     # Quiet: no warm-up notification in flight when the measured phase starts.
     while time.time() - tally.last_receipt < 0.5:
         await asyncio.sleep(0.1)

@@ -28,7 +28,7 @@ process, started once per measurement with a JSON spec) measures:
    results per second, p50 and p99 round trip.
 2. **Fan-out** to N subscribers of one room, spread over the edges,
    half on ``graphql-transport-ws`` and half on ``graphql-ws``: K
-   ``sendChatMessage`` broadcasts back to back, then K at a fixed rate (the
+   ``sendChatMessage`` broadcasts back to back, then some at a fixed rate (the
    same offered notifications per second for every server). Notifications
    delivered per second, end-to-end p50 and p99 from the send time written
    in the chat text to the receipt, and lost, duplicated and out-of-order
@@ -52,6 +52,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -78,10 +79,16 @@ class Sizes:
     connections: tuple[int, ...]
     queries: int  # per connection count, shared by the connections
     subscribers: tuple[int, ...]
-    broadcasts: int  # per phase: back to back, then at a fixed rate
+    broadcasts: int  # back to back; also the most sent at the fixed rate
     notification_rate: float  # offered notifications per second in the fixed-rate phase
+    fixed_seconds: float  # how long the fixed-rate phase lasts (at least 3 broadcasts)
     warmup: int  # unmeasured queries per connection first (caches, pools, prefetch)
     deadline: float  # seconds one load generator run may take
+
+    def fixed_rate(self, subscribers: int) -> tuple[float, int]:
+        """Broadcasts per second offering ``notification_rate``, and how many to send."""
+        rate = self.notification_rate / subscribers
+        return rate, max(3, min(self.broadcasts, round(rate * self.fixed_seconds)))
 
 
 FULL = Sizes(
@@ -90,6 +97,7 @@ FULL = Sizes(
     subscribers=(1000, 5000),
     broadcasts=20,
     notification_rate=1000.0,
+    fixed_seconds=20.0,
     warmup=5,
     deadline=600.0,
 )
@@ -99,6 +107,7 @@ QUICK = Sizes(
     subscribers=(20,),
     broadcasts=20,
     notification_rate=400.0,
+    fixed_seconds=1.0,
     warmup=1,
     deadline=60.0,
 )
@@ -111,6 +120,7 @@ class Target:
     name: str
     urls: list[str]
     edge_pids: list[int]
+    logs: list[Path]  # of every process serving it, read for ERROR lines at the end
 
 
 class LoadgenFailed(RuntimeError):
@@ -123,7 +133,8 @@ class LoadgenFailed(RuntimeError):
 @contextlib.contextmanager
 def bare_server(log_dir: Path) -> Iterator[Target]:
     with daphne("benchmarks.bare_app:application", log_dir, env=child_env()) as server:
-        yield Target("bare", [f"ws://127.0.0.1:{server.port}/graphql/"], [server.pid])
+        url = f"ws://127.0.0.1:{server.port}/graphql/"
+        yield Target("bare", [url], [server.pid], [server.log_path])
 
 
 @contextlib.contextmanager
@@ -143,24 +154,24 @@ def embedded_server(log_dir: Path) -> Iterator[Target]:
     if done.returncode != 0:
         raise RuntimeError(f"migrate failed:\n{done.stdout}\n{done.stderr}")
     with daphne("example.asgi:application", log_dir, env=env) as server:
-        yield Target("embedded", [f"ws://127.0.0.1:{server.port}/graphql/"], [server.pid])
+        url = f"ws://127.0.0.1:{server.port}/graphql/"
+        yield Target("embedded", [url], [server.pid], [server.log_path])
 
 
 @contextlib.contextmanager
 def distributed_server(log_dir: Path) -> Iterator[Target]:
-    cluster_dir = log_dir / "cluster"
-    cluster_dir.mkdir()
     with Cluster(
         edges=2,
         workers=2,
         project="example",
-        log_dir=cluster_dir,
-        env={"GQLWS_EXAMPLE_DB": str(cluster_dir / "db.sqlite3")},
+        log_dir=log_dir,
+        env={"GQLWS_EXAMPLE_DB": str(log_dir / "distributed.sqlite3")},
     ) as cluster:
         yield Target(
             "distributed",
             [url + "graphql/" for url in cluster.edge_urls],
             [edge.pid for edge in cluster.edges],
+            [p.log_path for p in [*cluster.edges, *cluster.workers] if p is not None],
         )
 
 
@@ -215,14 +226,14 @@ def measure(target: Target, sizes: Sizes, log: Callable[[str], None]) -> dict[st
         }
         results["queries"].append(_attempt(spec, {"connections": connections}))
     for subscribers in sizes.subscribers:
-        rate = sizes.notification_rate / subscribers
-        log(f"{target.name}: fan-out to {subscribers} subscribers ({rate:g} broadcasts/s)")
+        rate, fixed = sizes.fixed_rate(subscribers)
+        log(f"{target.name}: fan-out to {subscribers} subscribers")
         spec = {
             "kind": "fanout",
             "urls": target.urls,
             "subscribers": subscribers,
             "back_to_back": sizes.broadcasts,
-            "fixed_rate": sizes.broadcasts,
+            "fixed_rate": fixed,
             "rate": rate,
             "edge_pids": target.edge_pids,
             "deadline": sizes.deadline,
@@ -241,6 +252,17 @@ def _attempt(spec: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- Checks and table -----------------------------------------------------------
+
+
+def logged_errors(logs: list[Path]) -> dict[str, int]:
+    """How often each distinct ERROR line appears in the servers' logs (timestamps cut)."""
+    counts: dict[str, int] = {}
+    for path in logs:
+        for line in path.read_text(errors="replace").splitlines():
+            if " ERROR " in line or ": ERROR/" in line:
+                message = re.sub(r"^[\d\-:, \[\]]+", "", line).strip()[:200]
+                counts[message] = counts.get(message, 0) + 1
+    return counts
 
 
 def problems(results: dict[str, Any]) -> list[str]:
@@ -304,10 +326,10 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
             rows.append(("queries", case, metric, {s: get(r, key) for s, r in by_server.items()}))
     for subscribers in sizes.subscribers:
         by_server = pick("fanout", "subscribers", subscribers)
-        rate = sizes.notification_rate / subscribers
-        for phase, section in (
-            ("back_to_back", f"fan-out x{sizes.broadcasts} b2b"),
-            ("fixed_rate", f"fan-out x{sizes.broadcasts} @{rate:g}/s"),
+        rate, fixed = sizes.fixed_rate(subscribers)
+        for phase, section, case in (
+            ("back_to_back", "fan-out back to back", f"N={subscribers} x{sizes.broadcasts}"),
+            ("fixed_rate", "fan-out fixed rate", f"N={subscribers} x{fixed} @{rate:g}/s"),
         ):
             for metric, key in (
                 ("notif/s", "notifications_per_s"),
@@ -315,7 +337,7 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
                 ("p99 ms", "p99_ms"),
             ):
                 values = {s: get(r, phase, key) for s, r in by_server.items()}
-                rows.append((section, f"N={subscribers}", metric, values))
+                rows.append((section, case, metric, values))
         memory = {
             s: None if b is None else b / 1024
             for s, b in (
@@ -371,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
     parser.add_argument("--server", choices=["daphne"], default="daphne")
     parser.add_argument("--out", type=Path, default=RESULTS / "run.json")
+    parser.add_argument("--log-dir", type=Path, help="keep the servers' logs here")
     parser.add_argument("--subscribers", type=_counts, help="fan-out sizes, e.g. 1000,4000")
     parser.add_argument("--broadcasts", type=int, help="broadcasts per fan-out phase")
     parser.add_argument("--queries", type=int, help="queries per connection count")
@@ -395,10 +418,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="gqlws-bench-") as tmp:
+        log_root = args.log_dir or Path(tmp)
         for name in ["bare", *modes]:
             log(f"{name}: starting")
-            with SERVERS[name](Path(tmp)) as target:
+            log_dir = log_root / name
+            log_dir.mkdir(parents=True, exist_ok=True)
+            with SERVERS[name](log_dir) as target:
                 results[name] = measure(target, sizes, log)
+            # After the servers stopped: what they logged on shutdown counts too.
+            results[name]["server_errors"] = logged_errors(target.logs)
     report = {
         "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
         "quick": args.quick,
@@ -426,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"\n{os.cpu_count()} CPUs; 1-min load average during each server: {loads}")
     print(f"{report['seconds']:.0f} s; JSON: {args.out}")
+    for name, r in results.items():
+        for message, count in r["server_errors"].items():
+            print(f"{name} servers logged {count} x: {message}")
     for problem in report["problems"]:
         print(f"PROBLEM: {problem}", file=sys.stderr)
     return 1 if report["problems"] else 0
