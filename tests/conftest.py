@@ -43,7 +43,7 @@ def cluster() -> Iterator[Any]:
 
     log_dir = Path(_TMP) / "cluster"
     log_dir.mkdir(exist_ok=True)
-    env = {"GQLWS_OPERATION_TIMEOUT": "8"}  # a lost worker shows up as an error in 8 s
+    env = {"GQLWS_OPERATION_TIMEOUT": "15"}  # a lost worker shows up as an error in 15 s
     with Cluster(edges=2, workers=2, project="tests", log_dir=log_dir, env=env) as running:
         yield running
 

@@ -134,7 +134,7 @@ async def test_a_lost_worker_gives_the_client_an_error_and_the_connection_keeps_
     with pytest.raises(gqlws.GraphqlWsResponseError) as error:
         await client.receive(wait_id=slow)
     assert "ran at most once" in str(error.value)
-    assert asyncio.get_running_loop().time() - started < 15
+    assert asyncio.get_running_loop().time() - started < 25
     for index in range(len(cluster.workers)):
         cluster.restart_worker(index)
     assert await client.execute("{ hello }") == {"data": {"hello": "Hello, world!"}}
