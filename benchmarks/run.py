@@ -62,7 +62,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen import raise_fd_limit
+from benchmarks.links import raise_fd_limit
 from tests.cluster import Cluster
 from tests.processes import ROOT, child_env, daphne
 
@@ -383,6 +383,23 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
 # ---- Entry point ----------------------------------------------------------------
 
 
+def _git_revision() -> str | None:
+    """The commit measured, with ``+dirty`` when the working tree differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return None
+    return f"{head}+dirty" if dirty else head or None
+
+
 def _counts(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
 
@@ -433,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "server": args.server,
         "modes": modes,
         "sizes": asdict(sizes),
+        "git": _git_revision(),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -453,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, r in results.items()
     )
     print(f"\n{os.cpu_count()} CPUs; 1-min load average during each server: {loads}")
-    print(f"{report['seconds']:.0f} s; JSON: {args.out}")
+    print(f"{report['command']} at {report['git']}: {report['seconds']:.0f} s; JSON: {args.out}")
     for name, r in results.items():
         for message, count in r["server_errors"].items():
             print(f"{name} servers logged {count} x: {message}")
