@@ -5,9 +5,9 @@ subprotocols (``graphql-transport-ws`` and legacy ``graphql-ws``) for the
 load generator's frames to get answers of the same shape gqlws gives:
 
 * ``connection_init`` gets ``connection_ack``; ``ping`` gets ``pong``;
-* the query (any begin frame whose document is neither the subscription nor
-  the mutation) gets one precomputed result, ``{"data": {"history": []}}``,
-  then ``complete``;
+* a query (any begin frame whose document is neither the subscription nor
+  the mutation) gets its precomputed result (``{"data": {"history": []}}``,
+  or ``{"data": {"me": null}}`` for ``{ me }``), then ``complete``;
 * the ``onNewChatMessage`` subscription puts the connection in a set per
   room and answers nothing (gqlws's example does not confirm either);
 * the ``sendChatMessage`` mutation gets its precomputed result and
@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchmarks.frames import BEGIN, CANCEL, PROTOCOLS, RESULT, TRANSPORT_WS
+from benchmarks.frames import BEGIN, CANCEL, PROTOCOLS, QUERIES, RESULT, TRANSPORT_WS
 
 __all__ = ["application"]
 
@@ -38,6 +38,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 _QUERY_PAYLOAD = json.dumps({"data": {"history": []}}, separators=(",", ":"))
+#: Fixed answers by document; any other query gets ``_QUERY_PAYLOAD``.
+_ANSWERS = {QUERIES["me"][0]: json.dumps({"data": {"me": None}}, separators=(",", ":"))}
 _MUTATION_PAYLOAD = json.dumps({"data": {"sendChatMessage": {"ok": True}}}, separators=(",", ":"))
 _EPOCH = uuid.uuid4().hex
 _GROUP_PREFIX = "example.schema.OnNewChatMessage/"
@@ -139,7 +141,7 @@ async def _begin(connection: _Connection, operation_id: str, payload: dict[str, 
         await connection.answer(operation_id, _MUTATION_PAYLOAD)
         await _ROOMS.broadcast(variables["r"], variables["t"])
     else:
-        await connection.answer(operation_id, _QUERY_PAYLOAD)
+        await connection.answer(operation_id, _ANSWERS.get(query, _QUERY_PAYLOAD))
 
 
 async def application(scope: dict[str, Any], receive: Receive, send: Send) -> None:

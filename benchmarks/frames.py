@@ -23,6 +23,7 @@ __all__ = [
     "CANCEL",
     "GRAPHQL_WS",
     "PROTOCOLS",
+    "QUERIES",
     "QUERY",
     "QUERY_ROOM",
     "RESULT",
@@ -49,6 +50,13 @@ CANCEL = {TRANSPORT_WS: "complete", GRAPHQL_WS: "stop"}
 #: Nothing is ever sent to this room, so the query's answer stays tiny.
 QUERY_ROOM = "bench-empty"
 QUERY = '{ history(chatroom: "bench-empty") { text } }'
+#: The query round trips measured, by name: the document and the field its
+#: result must hold. ``history`` reads the database (sqlite here, Django's
+#: ORM); ``me`` does not, so it shows what gqlws itself costs per round trip.
+QUERIES = {
+    "history": (QUERY, "history"),
+    "me": ("{ me }", "me"),
+}
 SUBSCRIBE = "subscription($r: String!) { onNewChatMessage(chatroom: $r) { text } }"
 SEND = "mutation($r: String!, $t: String!) { sendChatMessage(chatroom: $r, text: $t) { ok } }"
 

@@ -59,7 +59,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks.fanout import run_fanout
-from benchmarks.frames import GRAPHQL_WS, QUERY, TRANSPORT_WS
+from benchmarks.frames import GRAPHQL_WS, QUERIES, TRANSPORT_WS
 from benchmarks.links import (
     Link,
     LoadgenError,
@@ -83,17 +83,18 @@ async def run_queries(spec: dict[str, Any]) -> dict[str, Any]:
     total: int = max(spec["queries"], connections)
     warmup: int = spec.get("warmup", 5)
     timeout: float = spec.get("timeout", 30.0)
+    query = QUERIES[spec.get("query", "history")]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         links = await open_links(session, urls, connections, spec.get("protocol"), timeout)
         try:
             # Warm-up: document caches, thread pools and Celery prefetch, not measured.
-            await asyncio.gather(*(_query_loop(link, warmup, timeout, []) for link in links))
+            await asyncio.gather(*(_query_loop(link, query, warmup, timeout, []) for link in links))
             samples: list[float] = []
             shares = [total // connections + (i < total % connections) for i in range(connections)]
             started = time.perf_counter()
             outcomes = await asyncio.gather(
                 *(
-                    _query_loop(link, n, timeout, samples)
+                    _query_loop(link, query, n, timeout, samples)
                     for link, n in zip(links, shares, strict=True)
                 ),
                 return_exceptions=True,
@@ -104,6 +105,7 @@ async def run_queries(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             await close_links(links)
     return {
+        "query": spec.get("query", "history"),
         "connections": connections,
         "protocols": protocol_counts(links),
         "queries": len(samples),
@@ -116,18 +118,19 @@ async def run_queries(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _query_loop(link: Link, count: int, timeout: float, samples: list[float]) -> list[str]:
+async def _query_loop(
+    link: Link, query: tuple[str, str], count: int, timeout: float, samples: list[float]
+) -> list[str]:
     """``count`` round trips on ``link``; round-trip times appended to ``samples``."""
     errors: list[str] = []
+    document, field = query
     for _ in range(count):
         operation_id = link.new_id("q")
         started = time.perf_counter()
-        await link.start(operation_id, QUERY, {})
+        await link.start(operation_id, document, {})
         payload = await link.result_of(operation_id, timeout)
         samples.append(time.perf_counter() - started)
-        if payload.get("errors") or not isinstance(
-            (payload.get("data") or {}).get("history"), list
-        ):
+        if payload.get("errors") or field not in (payload.get("data") or {}):
             errors.append(json.dumps(payload)[:300])
     return errors
 

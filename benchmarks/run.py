@@ -5,10 +5,14 @@ Run from the repository root::
     python -m benchmarks.run                      # full sizes, both modes (minutes)
     python -m benchmarks.run --quick              # tiny sizes: correctness in < 60 s
     python -m benchmarks.run --mode embedded --subscribers 1000 --out /tmp/run.json
+    python -m benchmarks.run --server uvicorn --repeat 3   # edges under uvicorn, median of 3
 
 It prints one table and writes JSON (``benchmarks/results/run.json`` unless
-``--out``). Every server runs under Daphne, on 127.0.0.1 and free ports,
-started and stopped here (``tests/processes.py``, ``tests/cluster.py``):
+``--out``). Every server runs under the same ASGI server (``--server``:
+Daphne or uvicorn), on 127.0.0.1 and free ports, started and stopped here
+(``tests/processes.py``, ``tests/cluster.py``). With ``--repeat N`` each
+server is measured N times and every figure is the median of the N runs
+(lost, duplicated, out-of-order and error counts: the worst run):
 
 ``bare``
     ``benchmarks/bare_app.py``: no Django, no GraphQL, precomputed answers;
@@ -24,8 +28,9 @@ For each server, the load generator (``benchmarks/loadgen.py``, a separate
 process, started once per measurement with a JSON spec) measures:
 
 1. **Query round trips** at 1, 16 and 64 connections, each a closed loop of
-   ``{ history(chatroom: "bench-empty") { text } }`` (an empty room):
-   results per second, p50 and p99 round trip.
+   ``{ history(chatroom: "bench-empty") { text } }`` (an empty room, read
+   through Django's ORM: what a user's query costs) and of ``{ me }`` (no
+   database: what gqlws itself costs): results per second, p50 and p99.
 2. **Fan-out** to N subscribers of one room, spread over the edges,
    half on ``graphql-transport-ws`` and half on ``graphql-ws``: K
    ``sendChatMessage`` broadcasts back to back, then some at a fixed rate (the
@@ -53,6 +58,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,7 +70,8 @@ from typing import Any
 
 from benchmarks.links import raise_fd_limit
 from tests.cluster import Cluster
-from tests.processes import ROOT, child_env, daphne
+from tests.processes import ROOT, asgi_server, child_env
+from tests.processes import SERVERS as ASGI_SERVERS
 
 __all__ = ["Sizes", "main"]
 
@@ -78,6 +85,7 @@ class Sizes:
 
     connections: tuple[int, ...]
     queries: int  # per connection count, shared by the connections
+    query_kinds: tuple[str, ...]  # benchmarks.frames.QUERIES: "history" (database), "me"
     subscribers: tuple[int, ...]
     broadcasts: int  # back to back; also the most sent at the fixed rate
     notification_rate: float  # offered notifications per second in the fixed-rate phase
@@ -94,6 +102,7 @@ class Sizes:
 FULL = Sizes(
     connections=(1, 16, 64),
     queries=2000,
+    query_kinds=("history", "me"),
     subscribers=(1000, 5000),
     broadcasts=20,
     notification_rate=1000.0,
@@ -104,6 +113,7 @@ FULL = Sizes(
 QUICK = Sizes(
     connections=(1, 16, 64),
     queries=50,
+    query_kinds=("history", "me"),
     subscribers=(20,),
     broadcasts=20,
     notification_rate=400.0,
@@ -131,14 +141,16 @@ class LoadgenFailed(RuntimeError):
 
 
 @contextlib.contextmanager
-def bare_server(log_dir: Path) -> Iterator[Target]:
-    with daphne("benchmarks.bare_app:application", log_dir, env=child_env()) as server:
+def bare_server(log_dir: Path, asgi: str) -> Iterator[Target]:
+    with asgi_server(
+        "benchmarks.bare_app:application", log_dir, server=asgi, env=child_env()
+    ) as server:
         url = f"ws://127.0.0.1:{server.port}/graphql/"
         yield Target("bare", [url], [server.pid], [server.log_path])
 
 
 @contextlib.contextmanager
-def embedded_server(log_dir: Path) -> Iterator[Target]:
+def embedded_server(log_dir: Path, asgi: str) -> Iterator[Target]:
     env = child_env(
         DJANGO_SETTINGS_MODULE="example.settings",
         GQLWS_EXAMPLE_DB=str(log_dir / "embedded.sqlite3"),
@@ -153,17 +165,18 @@ def embedded_server(log_dir: Path) -> Iterator[Target]:
     )
     if done.returncode != 0:
         raise RuntimeError(f"migrate failed:\n{done.stdout}\n{done.stderr}")
-    with daphne("example.asgi:application", log_dir, env=env) as server:
+    with asgi_server("example.asgi:application", log_dir, server=asgi, env=env) as server:
         url = f"ws://127.0.0.1:{server.port}/graphql/"
         yield Target("embedded", [url], [server.pid], [server.log_path])
 
 
 @contextlib.contextmanager
-def distributed_server(log_dir: Path) -> Iterator[Target]:
+def distributed_server(log_dir: Path, asgi: str) -> Iterator[Target]:
     with Cluster(
         edges=2,
         workers=2,
         project="example",
+        server=asgi,
         log_dir=log_dir,
         env={"GQLWS_EXAMPLE_DB": str(log_dir / "distributed.sqlite3")},
     ) as cluster:
@@ -175,7 +188,7 @@ def distributed_server(log_dir: Path) -> Iterator[Target]:
         )
 
 
-SERVERS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Target]]] = {
+SERVERS: dict[str, Callable[[Path, str], contextlib.AbstractContextManager[Target]]] = {
     "bare": bare_server,
     "embedded": embedded_server,
     "distributed": distributed_server,
@@ -214,17 +227,19 @@ def measure(target: Target, sizes: Sizes, log: Callable[[str], None]) -> dict[st
         "queries": [],
         "fanout": [],
     }
-    for connections in sizes.connections:
-        log(f"{target.name}: queries on {connections} connection(s)")
-        spec = {
-            "kind": "queries",
-            "urls": target.urls,
-            "connections": connections,
-            "queries": sizes.queries,
-            "warmup": sizes.warmup,
-            "deadline": sizes.deadline,
-        }
-        results["queries"].append(_attempt(spec, {"connections": connections}))
+    for query in sizes.query_kinds:
+        for connections in sizes.connections:
+            log(f"{target.name}: {query} queries on {connections} connection(s)")
+            spec = {
+                "kind": "queries",
+                "query": query,
+                "urls": target.urls,
+                "connections": connections,
+                "queries": sizes.queries,
+                "warmup": sizes.warmup,
+                "deadline": sizes.deadline,
+            }
+            results["queries"].append(_attempt(spec, {"query": query, "connections": connections}))
     for subscribers in sizes.subscribers:
         rate, fixed = sizes.fixed_rate(subscribers)
         log(f"{target.name}: fan-out to {subscribers} subscribers")
@@ -241,6 +256,32 @@ def measure(target: Target, sizes: Sizes, log: Callable[[str], None]) -> dict[st
         results["fanout"].append(_attempt(spec, {"subscribers": subscribers}))
     results["loadavg_after"] = os.getloadavg()
     return results
+
+
+#: Counts reported from the worst run, never a median: a loss in one run is a loss.
+WORST = frozenset({"lost", "duplicated", "out_of_order", "errors"})
+
+
+def combine(runs: list[Any], key: str | None = None) -> Any:
+    """The median of repeated measurements, leaf by leaf (the worst of correctness counts)."""
+    present = [run for run in runs if run is not None]
+    if not present:
+        return None
+    first = present[0]
+    if isinstance(first, dict):
+        keys = list(dict.fromkeys(k for run in present if isinstance(run, dict) for k in run))
+        return {k: combine([run.get(k) for run in present], k) for k in keys}
+    if isinstance(first, list) and all(
+        isinstance(r, list) and len(r) == len(first) for r in present
+    ):
+        if first and isinstance(first[0], dict):
+            return [combine(list(column)) for column in zip(*present, strict=True)]
+        return first
+    if isinstance(first, bool):
+        return all(present)
+    if isinstance(first, (int, float)) and all(isinstance(r, (int, float)) for r in present):
+        return max(present) if key in WORST else statistics.median(present)
+    return first
 
 
 def _attempt(spec: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
@@ -270,7 +311,9 @@ def problems(results: dict[str, Any]) -> list[str]:
     found = []
     for server, sections in results.items():
         for row in sections.get("queries", []) + sections.get("fanout", []):
-            case = row.get("connections") or row.get("subscribers")
+            case = " ".join(
+                str(row[k]) for k in ("query", "connections", "subscribers") if k in row
+            )
             if "error" in row:
                 found.append(f"{server} {case}: {row['error'].splitlines()[-1]}")
                 continue
@@ -304,11 +347,12 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
     gqlws_servers = [s for s in servers if s != "bare"]
     rows: list[tuple[str, str, str, dict[str, Any]]] = []
 
-    def pick(section: str, key: str, value: Any) -> dict[str, dict[str, Any]]:
+    def pick(section: str, key: Any, value: Any) -> dict[str, dict[str, Any]]:
+        keys, values = (key, value) if isinstance(key, tuple) else ((key,), (value,))
         chosen = {}
         for server in servers:
             for row in results[server][section]:
-                if row.get(key) == value:
+                if tuple(row.get(k) for k in keys) == values:
                     chosen[server] = row
         return chosen
 
@@ -319,11 +363,17 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
             row = row[key]
         return row
 
-    for connections in sizes.connections:
-        by_server = pick("queries", "connections", connections)
-        case = f"{connections} conn"
-        for metric, key in (("ops/s", "ops_per_s"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms")):
-            rows.append(("queries", case, metric, {s: get(r, key) for s, r in by_server.items()}))
+    for query in sizes.query_kinds:
+        for connections in sizes.connections:
+            by_server = pick("queries", ("query", "connections"), (query, connections))
+            case = f"{query} {connections} conn"
+            for metric, key in (
+                ("ops/s", "ops_per_s"),
+                ("p50 ms", "p50_ms"),
+                ("p99 ms", "p99_ms"),
+            ):
+                values = {s: get(r, key) for s, r in by_server.items()}
+                rows.append(("queries", case, metric, values))
     for subscribers in sizes.subscribers:
         by_server = pick("fanout", "subscribers", subscribers)
         rate, fixed = sizes.fixed_rate(subscribers)
@@ -408,7 +458,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check correctness")
     parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
-    parser.add_argument("--server", choices=["daphne"], default="daphne")
+    parser.add_argument(
+        "--server", choices=ASGI_SERVERS, default="daphne", help="the ASGI server of every edge"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per server; the table shows their median"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "run.json")
     parser.add_argument("--log-dir", type=Path, help="keep the servers' logs here")
     parser.add_argument("--subscribers", type=_counts, help="fan-out sizes, e.g. 1000,4000")
@@ -440,14 +495,18 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}: starting")
             log_dir = log_root / name
             log_dir.mkdir(parents=True, exist_ok=True)
-            with SERVERS[name](log_dir) as target:
-                results[name] = measure(target, sizes, log)
+            with SERVERS[name](log_dir, args.server) as target:
+                runs = [measure(target, sizes, log) for _ in range(max(1, args.repeat))]
+            results[name] = combine(runs)
+            if len(runs) > 1:
+                results[name]["runs"] = runs
             # After the servers stopped: what they logged on shutdown counts too.
             results[name]["server_errors"] = logged_errors(target.logs)
     report = {
         "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
         "quick": args.quick,
         "server": args.server,
+        "repeat": args.repeat,
         "modes": modes,
         "sizes": asdict(sizes),
         "git": _git_revision(),

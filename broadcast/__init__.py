@@ -12,6 +12,7 @@ import threading
 from .fabric import (
     Delivery,
     DeliveryKind,
+    EdgeStats,
     Event,
     EventKind,
     Fabric,
@@ -27,6 +28,7 @@ from .ordering import EpochChanged, InOrder
 __all__ = [
     "Delivery",
     "DeliveryKind",
+    "EdgeStats",
     "EpochChanged",
     "Event",
     "EventKind",

@@ -26,12 +26,13 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "Delivery",
     "DeliveryKind",
+    "EdgeStats",
     "Event",
     "EventKind",
     "Fabric",
@@ -78,6 +79,9 @@ class Event:
     offset: int
     kind: EventKind
     payload: bytes
+    #: Wall-clock time (``time.time()``) of the issue, when the backend keeps it:
+    #: the start of the broadcast-to-socket latency. Metadata: not compared.
+    issued_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,8 @@ class Delivery:
     offset: int
     kind: DeliveryKind
     body: Any = None
+    #: The ``issued_at`` of the event, carried to the edge for its latency metric.
+    issued_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,11 @@ class Reply:
 
 Sink = Callable[[Sequence["Delivery | Reply"]], None]
 """Receives an edge's deliveries and replies; called from any thread, must not block."""
+
+
+EdgeStats = Callable[[], Mapping[str, "str | int | float | bool"]]
+"""What an edge says about itself (connections, subscriptions, pid...): called on its
+loop at each heartbeat, published for ``manage.py gqlws status``; must be quick."""
 
 
 class HistoryLost(LookupError):
@@ -151,6 +162,13 @@ class Fabric(ABC):
     @abstractmethod
     def subscriber_count(self, group: str, before: int) -> int:
         """How many ``subscribers(group, before)`` would yield."""
+
+    def still_registered(self, edge_id: str, sub_ids: Sequence[str]) -> set[str]:
+        """Which of ``sub_ids`` the edge still has registered (work for the others is moot).
+
+        The default answers all of them: a fabric that cannot tell costs work, never loss.
+        """
+        return set(sub_ids)
 
     @abstractmethod
     def deliver(self, edge_id: str, deliveries: Sequence[Delivery]) -> None:
@@ -189,14 +207,29 @@ class Fabric(ABC):
 
     @abstractmethod
     def attach_edge(
-        self, edge_id: str, sink: Sink, *, on_lost: Callable[[], None] | None = None
+        self,
+        edge_id: str,
+        sink: Sink,
+        *,
+        on_lost: Callable[[], None] | None = None,
+        stats: EdgeStats | None = None,
     ) -> None:
         """Route the deliveries of ``edge_id`` to ``sink`` from now on.
 
         ``on_lost`` is called when the fabric finds it lost the edge's
         registrations (its store restarted): the edge registers them again.
+        ``stats`` is published with the edge's heartbeats, for operators.
         """
 
     @abstractmethod
     def detach_edge(self, edge_id: str) -> None:
         """Stop routing to ``edge_id`` and forget its subscriptions."""
+
+    async def aclose_edge(self, edge_id: str) -> None:
+        """``detach_edge`` from the edge's loop, returning once the edge is gone.
+
+        A draining edge awaits this so that its registrations are gone
+        before the process exits (a backend with background tasks per edge
+        overrides it to wait for them).
+        """
+        self.detach_edge(edge_id)

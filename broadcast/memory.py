@@ -11,6 +11,7 @@ event is being issued is either before it (and receives it) or after it
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 
 from .fabric import (
     Delivery,
+    EdgeStats,
     Event,
     EventKind,
     Fabric,
@@ -49,6 +51,7 @@ class InMemoryFabric(Fabric):
         self._lock = threading.Lock()
         self._groups: dict[str, _Group] = {}
         self._sinks: dict[str, Sink] = {}
+        self._stats: dict[str, EdgeStats] = {}
         #: edge_id -> {sub_id: groups}, to unregister without scanning groups.
         self._edges: dict[str, dict[str, tuple[str, ...]]] = {}
         self._issued: OrderedDict[str, Event] = OrderedDict()
@@ -70,7 +73,7 @@ class InMemoryFabric(Fabric):
                 return self._issued[key]
             state = self._group(group)
             state.last += 1
-            event = Event(group, state.epoch, state.last, EventKind(kind), payload)
+            event = Event(group, state.epoch, state.last, EventKind(kind), payload, time.time())
             state.history.append(event)
             while len(state.history) > self.history_limit:
                 state.history.popleft()
@@ -79,6 +82,11 @@ class InMemoryFabric(Fabric):
                 while len(self._issued) > self._idempotency_limit:
                     self._issued.popitem(last=False)
             return event
+
+    def still_registered(self, edge_id: str, sub_ids: Sequence[str]) -> set[str]:
+        with self._lock:
+            registered = self._edges.get(edge_id, {})
+            return {sub_id for sub_id in sub_ids if sub_id in registered}
 
     def _before(self, group: str, before: int) -> list[Subscriber]:
         with self._lock:
@@ -152,21 +160,35 @@ class InMemoryFabric(Fabric):
                 state.subscribers.pop(sub_id, None)
 
     def attach_edge(
-        self, edge_id: str, sink: Sink, *, on_lost: Callable[[], None] | None = None
+        self,
+        edge_id: str,
+        sink: Sink,
+        *,
+        on_lost: Callable[[], None] | None = None,
+        stats: EdgeStats | None = None,
     ) -> None:
         # Memory is never lost while the process lives: on_lost is never called.
         with self._lock:
             self._sinks[edge_id] = sink
             self._edges.setdefault(edge_id, {})
+            if stats is not None:
+                self._stats[edge_id] = stats
 
     def detach_edge(self, edge_id: str) -> None:
         with self._lock:
             self._sinks.pop(edge_id, None)
+            self._stats.pop(edge_id, None)
             for sub_id in list(self._edges.get(edge_id, {})):
                 self._forget(edge_id, sub_id)
             self._edges.pop(edge_id, None)
 
     # ---- Introspection (tests, status) --------------------------------------
+
+    def edge_stats(self) -> dict[str, dict[str, str | int | float | bool]]:
+        """What each attached edge says about itself (its ``stats``), by edge id."""
+        with self._lock:
+            sources = dict(self._stats)
+        return {edge_id: dict(stats()) for edge_id, stats in sources.items()}
 
     def registered(self, group: str | None = None) -> int:
         """Subscriptions registered in ``group``, or in all groups."""

@@ -11,6 +11,7 @@ unambiguous whatever the name::
     gqlws:{g:<group>}:idem:<key>  STRING  "<epoch> <offset>" of a keyed issue (TTL)
     gqlws:{e:<edge>}:subs         HASH    sub id -> record: groups, positions, data
     gqlws:{e:<edge>}:stream       STREAM  t (d: deliveries, r: reply), b (msgpack batch)
+    gqlws:{e:<edge>}:info         HASH    beat (Redis clock) + the edge's stats (TTL)
     gqlws:edges                   ZSET    edge id -> heartbeat expiry (Redis clock)
 
 The algorithm is in the Lua scripts of ``broadcast/scripts`` (one atomic
@@ -89,6 +90,7 @@ from redis.retry import Retry
 from .fabric import (
     Delivery,
     DeliveryKind,
+    EdgeStats,
     Event,
     EventKind,
     Fabric,
@@ -109,6 +111,10 @@ READ_BLOCK_MS = 1000
 READ_COUNT = 1000
 FETCH_CHUNK = 500
 SWEEP_BATCH = 100
+#: Connections of an edge's asyncio client (per event loop), and the seconds
+#: a call waits for one when all are busy.
+ASYNC_POOL_SIZE = 32
+ASYNC_POOL_WAIT = 30.0
 
 _SCRIPT_NAMES = (
     "issue",
@@ -206,6 +212,8 @@ class _Edge:
     reread: bool = False
     #: Set by detach: the edge's tasks end even if a cancellation was lost.
     stopped: bool = False
+    #: What the edge publishes about itself in its info hash at each heartbeat.
+    stats: EdgeStats | None = None
 
     def stopping(self) -> bool:
         """Whether the calling task (one of the edge's) must end now."""
@@ -285,7 +293,7 @@ class RedisFabric(Fabric):
         """The keys and arguments of ``forget_edge`` (force: even if its heartbeat is fresh)."""
         base = self._edge_base(edge_id)
         return {
-            "keys": [self._edges_key, base + "subs", base + "stream"],
+            "keys": [self._edges_key, base + "subs", base + "stream", base + "info"],
             "args": [edge_id, self._history_ttl_ms, "1" if force else "0"],
         }
 
@@ -303,6 +311,7 @@ class RedisFabric(Fabric):
         keys = [base + "meta", base + "events", base + "subs"]
         if key is not None:
             keys.append(base + "idem:" + key)
+        now = time.time()
         found = self._scripts["issue"](
             keys=keys,
             args=[
@@ -312,11 +321,13 @@ class RedisFabric(Fabric):
                 self.history_length,
                 self._history_ttl_ms,
                 max(1, int(self.idempotency_ttl * 1000)),
+                now,
             ],
         )
+        issued_at: float | None = now
         if len(found) == 4:  # an idempotent repeat: the first event as stored
-            kind, payload = EventKind(_text(found[2])), found[3]
-        return Event(group, _text(found[0]), int(found[1]), kind, payload)
+            kind, payload, issued_at = EventKind(_text(found[2])), found[3], None
+        return Event(group, _text(found[0]), int(found[1]), kind, payload, issued_at)
 
     def subscribers(
         self, group: str, before: int, start: int = 0, stop: int | None = None
@@ -369,6 +380,15 @@ class RedisFabric(Fabric):
                 found.append(self._subscriber(edge_id, sub_id, record))
         return found
 
+    def still_registered(self, edge_id: str, sub_ids: Sequence[str]) -> set[str]:
+        if not sub_ids:
+            return set()
+        pipe = self._sync.pipeline(transaction=False)
+        key = self._edge_base(edge_id) + "subs"
+        for sub_id in sub_ids:
+            pipe.hexists(key, sub_id)
+        return {s for s, there in zip(sub_ids, pipe.execute(), strict=True) if there}
+
     @staticmethod
     def _subscriber(edge_id: str, sub_id: str, record: bytes) -> Subscriber:
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
@@ -393,6 +413,7 @@ class RedisFabric(Fabric):
         body = _pack(
             [
                 [d.sub_id, d.group, d.epoch, d.offset, DeliveryKind(d.kind).value, d.body]
+                + ([] if d.issued_at is None else [d.issued_at])
                 for d in deliveries
             ]
         )
@@ -449,7 +470,9 @@ class RedisFabric(Fabric):
     def _event(group: str, epoch: str, entry: tuple[bytes, dict[bytes, bytes]]) -> Event:
         stream_id, fields = entry
         offset = int(_text(stream_id).partition("-")[0])
-        return Event(group, epoch, offset, EventKind(_text(fields[b"k"])), fields[b"p"])
+        issued_at = float(fields[b"t"]) if b"t" in fields else None  # older events lack it
+        kind = EventKind(_text(fields[b"k"]))
+        return Event(group, epoch, offset, kind, fields[b"p"], issued_at)
 
     # ---- Edge side ----------------------------------------------------------
 
@@ -460,8 +483,13 @@ class RedisFabric(Fabric):
         if found is None:
             for closed in [lp for lp in self._async if lp.is_closed()]:
                 del self._async[closed]  # its connections cannot be closed any more
-            client = aredis.Redis.from_url(
+            # A blocking pool: a burst of subscribes (a thousand clients
+            # reconnecting after a deploy) waits for a connection instead of
+            # failing with MaxConnectionsError as the default pool does.
+            pool = aredis.BlockingConnectionPool.from_url(
                 self.url,
+                max_connections=ASYNC_POOL_SIZE,
+                timeout=ASYNC_POOL_WAIT,
                 # Above the reader's XREAD BLOCK, so a blocked read is no timeout.
                 socket_timeout=READ_BLOCK_MS / 1000 + 5,
                 socket_connect_timeout=5,
@@ -470,6 +498,7 @@ class RedisFabric(Fabric):
                 # Everything the edge sends may run twice harmlessly.
                 retry=AsyncRetry(ExponentialBackoff(cap=0.2, base=0.05), 1),
             )
+            client = aredis.Redis(connection_pool=pool)
             scripts = {name: client.register_script(src) for name, src in _SOURCES.items()}
             found = self._async[loop] = _AsyncClient(client, scripts)
         return found
@@ -508,24 +537,30 @@ class RedisFabric(Fabric):
         )
 
     def attach_edge(
-        self, edge_id: str, sink: Sink, *, on_lost: Callable[[], None] | None = None
+        self,
+        edge_id: str,
+        sink: Sink,
+        *,
+        on_lost: Callable[[], None] | None = None,
+        stats: EdgeStats | None = None,
     ) -> None:
         """Start the edge's reader and heartbeat on the running loop.
 
         ``on_lost`` is called (on the loop) when the edge finds its
         registrations gone (Redis lost its data, or the edge was swept after
         missing heartbeats): deliveries may have been dropped meanwhile, and
-        the edge must register its subscriptions again.
+        the edge must register its subscriptions again. ``stats`` is called
+        at each heartbeat; what it returns replaces the edge's info hash.
         """
         _check_edge_id(edge_id)
         loop = asyncio.get_running_loop()
         edge = self._edges.get(edge_id)
         if edge is not None and edge.loop is loop:
-            edge.sink, edge.on_lost = sink, on_lost
+            edge.sink, edge.on_lost, edge.stats = sink, on_lost, stats
             return
         if edge is not None:  # attached again from another loop: that one's tasks end
             self._stop_tasks(edge_id, edge, forget=False)
-        edge = self._edges[edge_id] = _Edge(sink, on_lost, loop)
+        edge = self._edges[edge_id] = _Edge(sink, on_lost, loop, stats=stats)
         self._client()
         try:
             # In the edges set before the first delivery can be addressed to it.
@@ -670,9 +705,7 @@ class RedisFabric(Fabric):
             if edge.stopping():
                 raise asyncio.CancelledError
             try:
-                added = await scripts["heartbeat"](
-                    keys=[self._edges_key], args=[edge_id, self.heartbeat_ttl]
-                )
+                added = await scripts["heartbeat"](**self._beat(edge_id, edge))
                 if edge.stopping():
                     raise asyncio.CancelledError
                 self._seen(edge_id, edge, added=bool(added))
@@ -684,6 +717,24 @@ class RedisFabric(Fabric):
             except Exception as exc:
                 delay = min(outage.failed(exc), self.heartbeat_interval)
             await asyncio.sleep(delay)
+
+    def _beat(self, edge_id: str, edge: _Edge) -> dict[str, Any]:
+        """The keys and arguments of one heartbeat, with the edge's stats if it has any."""
+        keys: list[str] = [self._edges_key]
+        args: list[Any] = [edge_id, self.heartbeat_ttl]
+        if edge.stats is not None:
+            try:
+                info = edge.stats()
+            except Exception:
+                # The beat itself matters more than what it tells operators.
+                LOG.exception("The stats of edge %s failed", edge_id)
+            else:
+                keys.append(self._edge_base(edge_id) + "info")
+                for name, value in info.items():
+                    # Redis takes strings; a bool would be refused (redis-py's DataError).
+                    shown = int(value) if isinstance(value, bool) else value
+                    args += [name, str(shown)]
+        return {"keys": keys, "args": args}
 
     def sweep_dead_edges(self) -> list[str]:
         """Remove the edges whose heartbeat expired, with their registrations; their ids."""
@@ -729,7 +780,8 @@ def _decode_entry(fields: dict[bytes, bytes]) -> list[Delivery | Reply]:
     if entry_type == b"r":
         request_id, reply_body = body
         return [Reply(request_id, reply_body)]
+    # A seventh item, when present, is the event's issue time (older senders omit it).
     return [
-        Delivery(sub_id, group, epoch, int(offset), DeliveryKind(kind), item)
-        for sub_id, group, epoch, offset, kind, item in body
+        Delivery(sub_id, group, epoch, int(offset), DeliveryKind(kind), item, *issued_at[:1])
+        for sub_id, group, epoch, offset, kind, item, *issued_at in body
     ]

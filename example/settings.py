@@ -4,10 +4,13 @@ Embedded by default: sqlite, no Redis, no Celery. Everything else comes from
 the environment, so the same project runs distributed (docker-compose.yml):
 
 * ``GQLWS_REDIS_URL`` (+ ``CELERY_BROKER_URL``): distributed mode;
+  ``GQLWS_WORKER_METRICS_PORT``: the port of the Celery workers' metrics;
 * ``POSTGRES_HOST`` (+ ``POSTGRES_DB``, ``POSTGRES_USER``, ``POSTGRES_PASSWORD``,
   ``POSTGRES_PORT``): PostgreSQL instead of sqlite (``GQLWS_EXAMPLE_DB`` moves
   the sqlite file);
-* ``DJANGO_ALLOWED_HOSTS`` (comma-separated), ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``.
+* ``DJANGO_ALLOWED_HOSTS`` (comma-separated), ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``,
+  ``DJANGO_CONN_MAX_AGE`` (seconds a database connection is reused; 0: one per
+  operation, as Django does per request by default).
 """
 
 from __future__ import annotations
@@ -63,6 +66,13 @@ else:
             "OPTIONS": {"timeout": 20},
         }
     }
+# Persistent connections: each pool thread (and worker) keeps its database
+# connection for a minute instead of opening one per operation, which cost
+# the sqlite example ~40% of a query's time (connect + close). Health checks
+# replace a connection the server dropped before it is used.
+for _database in DATABASES.values():
+    _database["CONN_MAX_AGE"] = int(os.environ.get("DJANGO_CONN_MAX_AGE", "60"))
+    _database["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Distributed mode by configuration: set GQLWS_REDIS_URL (and run Celery
@@ -72,3 +82,6 @@ if os.environ.get("GQLWS_REDIS_URL"):
     GQLWS = {"REDIS_URL": os.environ["GQLWS_REDIS_URL"]}
     CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", os.environ["GQLWS_REDIS_URL"])
     CELERY_ACCEPT_CONTENT = ["msgpack", "json"]
+    if os.environ.get("GQLWS_WORKER_METRICS_PORT"):
+        # Workers serve /metrics there (gqlws.ops); edges serve it on their HTTP port.
+        GQLWS["WORKER_METRICS_PORT"] = int(os.environ["GQLWS_WORKER_METRICS_PORT"])

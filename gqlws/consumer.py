@@ -36,14 +36,15 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from graphql import OperationType, ValidationRule
 
-from . import drain, protocol, runtime
+from . import drain, logs, metrics, protocol, runtime
 from .context import OperationContext
 from .daphne_compat import patch_daphne
+from .edge import Edge
 from .execution import DocumentCache, InvalidDocument, document_cache, graphql_schema
 from .executors import CeleryExecutor, EmbeddedExecutor, Executor
 from .limits import TokenBucket, depth_and_complexity_rule
 from .operation import Operation, TaskGroup
-from .outbox import Outbox, OverflowPolicy
+from .outbox import Disconnected, Outbox, OverflowPolicy
 from .pool import executor_for
 from .subscriptions import SubscriptionsMixin
 
@@ -59,6 +60,21 @@ patch_daphne()  # close codes 1008/1009/1012/1013 and reasons under Daphne
 
 #: One rule class per limits pair, so that document caches are shared by key.
 _limit_rule = functools.lru_cache(maxsize=None)(depth_and_complexity_rule)
+
+
+def _gone_errors() -> tuple[type[BaseException], ...]:
+    """What ASGI servers raise on a send to a socket the client already closed."""
+    found: list[type[BaseException]] = [OSError]  # uvicorn: ClientDisconnected(OSError)
+    try:
+        from autobahn.exception import Disconnected as AutobahnDisconnected  # Daphne
+    except ImportError:
+        pass
+    else:
+        found.append(AutobahnDisconnected)
+    return tuple(found)
+
+
+_GONE = _gone_errors()
 
 
 def _close_reason(reason: str) -> str:
@@ -121,8 +137,13 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         self._operations: dict[str, Operation] = {}
         self._tasks = TaskGroup(LOG)
         self._closed = False
+        #: The id of this connection in log records (``gqlws.logs``).
+        self.connection_id = logs.new_connection_id()
+        self._log = logs.ConnectionLogger(LOG, self.connection_id)
+        self._accepted_at = time.monotonic()
         self._serial: asyncio.Queue[Operation] | None = None
-        self._outbox_task: asyncio.Task[Any] | None = None
+        #: The subprotocol label of this connection in the metrics, once accepted.
+        self._metrics_label: str | None = None
         self._bucket = (
             TokenBucket(self.rate_limit, self.rate_limit_burst, time.monotonic())
             if self.rate_limit
@@ -130,6 +151,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         )
         #: Tasks ending subscriptions; the disconnect waits for them.
         self._ending: set[asyncio.Task[Any]] = set()
+        self._keepalive_timer: asyncio.TimerHandle | None = None
         settings = runtime.settings()
         self._runner: Executor = (
             CeleryExecutor(settings.OPERATION_TIMEOUT)
@@ -141,6 +163,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             self._send_close,
             limit=self.notification_queue_limit,
             policy=self.notification_queue_overflow,
+            spawn=lambda sending: self._spawn(sending, "outbox"),
         )
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -165,10 +188,18 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         patch_daphne(settings.MAX_SEND_BUFFER)  # in case Daphne was loaded after this module
         drain.install(settings.DRAIN_GRACE)
         session = protocol.negotiate(self.scope.get("subprotocols") or [])
-        self._outbox_task = self._spawn(self._outbox.run(), "outbox")
+        self._outbox.start()
+        self._metrics_label = metrics.connection_opened(session.subprotocol if session else None)
+        # The edge joins the fabric with its first connection, not its first
+        # subscription: status lists it, records carry its id. (Not while
+        # draining: a drained edge has left the fabric for good.)
+        loop = asyncio.get_running_loop()
+        edge = Edge.of_loop(loop) if drain.draining() else Edge.current()
+        self._log.bind(edge_id=None if edge is None else edge.edge_id)
         if drain.draining():
             await self.accept(session.subprotocol if session else None)
             self._close(protocol.CloseCode.SERVICE_RESTART, "Server restarting: reconnect")
+            self._log.rejected(protocol.CloseCode.SERVICE_RESTART, "draining")
             return
         drain.track(self)
         if session is None:
@@ -183,9 +214,15 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             await self.accept()
             self._outbox.reply(protocol.encode({"type": "error", "payload": {"message": reason}}))
             self._close(protocol.CloseCode.SUBPROTOCOL_NOT_ACCEPTABLE, reason)
+            self._log.rejected(
+                protocol.CloseCode.SUBPROTOCOL_NOT_ACCEPTABLE,
+                "no common subprotocol",
+                offered=list(self.scope.get("subprotocols") or []),
+            )
             return
         self._session = session
         await self.accept(session.subprotocol)
+        self._log.connected(session.subprotocol, self.scope.get("path"))
         self._spawn(self._init_timeout(), "init-timeout")
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
@@ -216,6 +253,15 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self._closed = True
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+        metrics.connection_closed(self._metrics_label, self._outbox.close_code, message.get("code"))
+        ours = self._outbox.close_code  # None: the client closed (or the socket broke)
+        self._log.closed(
+            message.get("code") if ours is None else ours,
+            "client" if ours is None else "server",
+            time.monotonic() - self._accepted_at,
+        )
         operations = list(self._operations.values())
         self._operations.clear()
         for operation in operations:
@@ -225,6 +271,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         # too: cancelled, they would skip their ``unsubscribed`` callback.
         await asyncio.gather(*self._ending, return_exceptions=True)
         await self._tasks.cancel_all()
+        drain.untrack(self)
         raise StopConsumer()
 
     async def drain(self, grace: float) -> None:
@@ -238,16 +285,21 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             await asyncio.wait(running, timeout=grace)
         self._close(protocol.CloseCode.SERVICE_RESTART, "Server restarting: reconnect and resume")
         # Until the close frame is out: the server stops right after the drain.
-        if self._outbox_task is not None:
-            await asyncio.wait([self._outbox_task], timeout=2.0)
+        await self._outbox.flushed(timeout=2.0)
 
     # ---- Sending ------------------------------------------------------------
 
     async def _send_text(self, text: str) -> None:
-        await self.send(text_data=text)
+        try:
+            await self.send(text_data=text)
+        except _GONE as error:
+            raise Disconnected from error
 
     async def _send_close(self, code: int, reason: str) -> None:
-        await self.close(code=code, reason=_close_reason(reason))
+        try:
+            await self.close(code=code, reason=_close_reason(reason))
+        except _GONE as error:
+            raise Disconnected from error
 
     def _apply(self, actions: list[protocol.Action]) -> None:
         for action in actions:
@@ -310,7 +362,14 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         try:
             ack_payload = await self.on_connect(payload)
         except Exception as error:
-            LOG.info("Connection rejected by on_connect: %r", error)
+            # The message may quote the payload (a token): only with LOG_PAYLOADS.
+            detail: dict[str, Any] = {"detail": str(error)} if logs.payloads_logged() else {}
+            self._log.rejected(
+                protocol.CloseCode.FORBIDDEN,
+                "on_connect",
+                error_type=type(error).__name__,
+                **detail,
+            )
             self._apply(self._session.reject_connection(str(error) or type(error).__name__))
             return
         if ack_payload is not None and not isinstance(ack_payload, dict):
@@ -319,16 +378,21 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             protocol.encode(ack_payload)  # fail here, in this task, if it cannot be sent
         self._apply(self._session.accept_connection(ack_payload))
         if self.send_keepalive_every:
-            self._spawn(self._keepalive(self.send_keepalive_every), "keepalive")
+            # The legacy protocol's server sends a first ka right after the ack.
+            if self._session.subprotocol == protocol.GRAPHQL_WS:
+                self._apply(self._session.keepalive())
+            self._keepalive(self.send_keepalive_every)
 
-    async def _keepalive(self, every: float) -> None:
-        assert self._session is not None
-        # The legacy protocol's server sends a first ka right after the ack.
-        if self._session.subprotocol == protocol.GRAPHQL_WS:
+    def _keepalive(self, every: float) -> None:
+        # A timer re-armed at each tick, not a task sleeping in a loop: an
+        # idle connection then holds a timer handle (~200 B) instead of a
+        # task with its coroutine frames (~1.5 KiB).
+        if self._closed or self._session is None:
+            return
+        if self._keepalive_timer is not None:
             self._apply(self._session.keepalive())
-        while not self._closed:
-            await asyncio.sleep(every)
-            self._apply(self._session.keepalive())
+        loop = asyncio.get_running_loop()
+        self._keepalive_timer = loop.call_later(every, self._keepalive, every)
 
     # ---- Operations -------------------------------------------------------
 
@@ -336,6 +400,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         if self.max_operations is not None and len(self._operations) >= self.max_operations:
             assert self._session is not None
             message = f"Too many operations on this connection (the limit is {self.max_operations})"
+            self._log.operation_failed(op_id, "too many operations", [{"message": message}])
             self._apply(self._session.error(op_id, [{"message": message}]))
             return
         operation = Operation(op_id, payload)
@@ -376,29 +441,47 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         session = self._session
         assert session is not None
         finished = True
+        kind, status, started = "unknown", "cancelled", time.perf_counter()  # for the metrics
         try:
             payload = await self.on_operation(operation.op_id, operation.payload)
             try:
                 prepared = self._documents().prepare(payload["query"], payload.get("operationName"))
             except InvalidDocument as invalid:
+                status = "invalid"
+                self._log.operation_failed(operation.op_id, "invalid", invalid.errors)
                 self._emit(operation, session.error(operation.op_id, invalid.errors))
                 return
+            kind = prepared.operation_type.value
             if prepared.operation_type is OperationType.SUBSCRIPTION:
                 finished = not await self._subscribe(operation, prepared, payload)
+                status = "ok" if not finished else "error" if operation.active else "cancelled"
                 return
             context = OperationContext(self.scope, operation.op_id, prepared.operation_name)
             outcome = await self._runner.run(
                 self, "execute", prepared, payload.get("variables"), context
             )
+            status = "error" if outcome.errors else "ok"
+            if outcome.errors:
+                self._log.operation_failed(
+                    operation.op_id,
+                    "errors",
+                    outcome.errors,
+                    level=logging.WARNING,
+                    operation_name=logs.operation_name(prepared.document, prepared.operation_name),
+                )
             self._emit(operation, session.next(operation.op_id, outcome.result))
             self._emit(operation, session.complete(operation.op_id))
         except asyncio.CancelledError:
             raise
         except Exception:
-            LOG.exception("Operation %r failed", operation.op_id)
+            status = "failed"
             errors = [{"message": "Internal server error"}]
+            self._log.operation_failed(
+                operation.op_id, "internal", errors, level=logging.ERROR, exc_info=True
+            )
             self._emit(operation, session.error(operation.op_id, errors))
         finally:
+            metrics.operation_finished(kind, status, started)
             if finished and self._operations.get(operation.op_id) is operation:
                 del self._operations[operation.op_id]
 

@@ -9,7 +9,15 @@ deploy) should not cut its WebSockets mid-request. On SIGTERM:
    ``GQLWS["DRAIN_GRACE"]`` seconds, then closes with 1012 (its
    subscriptions are unregistered; clients resubscribe elsewhere with the
    positions they last saw and receive what they missed);
-3. the server's own SIGTERM handling runs (Daphne stops its reactor).
+3. the connections' disconnects run (``unsubscribed`` callbacks), for up
+   to ``DISCONNECT_WAIT`` seconds, then the edge leaves the fabric: what
+   registrations are left, its stream and its info go at once, instead of
+   when its heartbeat expires;
+4. the server's own SIGTERM handling runs (Daphne stops its reactor).
+
+``draining()`` is what a readiness probe asks: a draining edge must get no
+new connections from the load balancer. ``open_connections()`` is what the
+edge publishes for ``manage.py gqlws status``.
 
 How it hooks in: the first connection of a process installs a SIGTERM
 handler on the running event loop (``loop.add_signal_handler``), keeping
@@ -25,9 +33,12 @@ import signal
 import weakref
 from typing import Any, Protocol
 
-__all__ = ["Drainable", "draining", "install", "track"]
+__all__ = ["Drainable", "draining", "install", "open_connections", "track", "untrack"]
 
 LOG = logging.getLogger(__name__)
+
+#: Seconds the drain waits for closed connections to finish their disconnect.
+DISCONNECT_WAIT = 5.0
 
 
 class Drainable(Protocol):
@@ -46,6 +57,16 @@ def draining() -> bool:
 def track(connection: Drainable) -> None:
     """Remember an open connection, for the drain (weakly: it may just go away)."""
     _connections.add(connection)
+
+
+def untrack(connection: Drainable) -> None:
+    """Forget a connection whose disconnect is done."""
+    _connections.discard(connection)
+
+
+def open_connections() -> int:
+    """Connections of this process between their accept and the end of their disconnect."""
+    return len(_connections)
 
 
 def install(grace: float) -> None:
@@ -72,9 +93,30 @@ async def _drain(grace: float, previous: Any) -> None:
             *(connection.drain(grace) for connection in connections), return_exceptions=True
         )
     loop = asyncio.get_running_loop()
+    await _leave(loop)
     loop.remove_signal_handler(signal.SIGTERM)
     if callable(previous):
         previous(signal.SIGTERM, None)
     else:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def _leave(loop: asyncio.AbstractEventLoop) -> None:
+    """Wait (bounded) for the disconnects, then take this loop's edge out of the fabric."""
+    deadline = loop.time() + DISCONNECT_WAIT
+    # Polled: disconnects end in the consumers, which know nothing of this wait.
+    while _connections and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if _connections:
+        LOG.warning("Drain: %d connections still disconnecting; leaving anyway", len(_connections))
+    from .edge import Edge  # here: the edge module imports this one
+
+    edge = Edge.of_loop(loop)
+    if edge is None:
+        return
+    try:
+        await asyncio.wait_for(edge.close(), DISCONNECT_WAIT)
+    except Exception:
+        # Its registrations go when its heartbeat expires instead.
+        LOG.warning("Drain: leaving the fabric failed", exc_info=True)

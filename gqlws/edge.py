@@ -18,14 +18,21 @@ Races and losses handled here:
   the buffer once the offsets are known, instead of being dropped.
 * A gap (a later offset arrived, an earlier one did not) waits
   ``GAP_WAIT``; then the missing events are looked up in the group's
-  history and recomputed for this subscriber by a worker, asked again with
-  a growing delay until they arrive. Where history no longer has them
-  (trimmed, or a new epoch), the subscription ends with a ``LOST``
-  delivery: the client must resync. A subscription left behind its group
-  with no later offset to show a gap (the fan-out of the last events was
-  lost with its worker) is found by comparing positions every few
-  ``GAP_WAIT`` periods. (Embedded mode never has gaps: every offset is always
-  delivered.)
+  history and recomputed by a worker, asked again with a growing delay
+  until they arrive. Where history no longer has them (trimmed, or a new
+  epoch), the subscription ends with a ``LOST`` delivery: the client must
+  resync. A subscription left behind its group with no later offset to
+  show a gap (the fan-out of the last events was lost with its worker) is
+  found by comparing positions every few ``GAP_WAIT`` periods, once the
+  group has been quiet on this edge for a whole round. (Embedded mode never
+  has gaps: every offset is always delivered.)
+* Repairs are batched: a lost fan-out chunk leaves hundreds of
+  subscriptions with the same gap, so the requests of one loop turn are
+  grouped by (group, epoch, offsets) and sent as one task per
+  ``FANOUT_CHUNK_SIZE`` subscriptions, after one history lookup. One task
+  per subscription (what this did first) flooded the workers' queue under
+  load with repairs of fan-outs that were merely late, until the real
+  fan-outs timed out behind them.
 * The fabric lost the edge's registrations (a Redis restart): every
   subscription is registered again, and where its groups started a new
   epoch the target gets a ``RESYNC`` delivery, so the loss is never silent.
@@ -35,9 +42,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +62,7 @@ from broadcast import (
     Reply,
 )
 
-from . import runtime
+from . import drain, metrics, runtime
 
 __all__ = ["Edge", "Target"]
 
@@ -63,6 +73,15 @@ Target = Callable[[Delivery], None]
 
 #: Longest wait, in seconds, between two requests to recompute the same gap.
 _GAP_RETRY_CAP = 15.0
+#: Seconds repair requests are collected before they are sent as batches.
+_REPAIR_BATCH_WAIT = 0.02
+
+_RepairKey = tuple[str, str, tuple[int, ...]]
+#: A subscription to repair: its id and its registration data.
+_Member = tuple[str, Any]
+
+#: When this process started serving, about (its first import of gqlws), for status.
+_PROCESS_STARTED = round(time.time(), 3)
 
 
 @dataclass
@@ -74,6 +93,22 @@ class _Route:
     early: list[Delivery] = field(default_factory=list)
     #: Per group: (the ``last`` offset a gap check was scheduled at, attempts).
     gap_checks: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _repair_tasks(
+    offsets: list[int], members: list[_Member], size: int
+) -> Iterator[tuple[list[int], list[_Member]]]:
+    """Split a repair into tasks of at most ``size`` notifications each (about one fan-out chunk).
+
+    A repair of many subscribers times many offsets as one task ran for a
+    minute on one worker thread (after a worker died mid-burst) while the
+    others idled; as chunks they spread over the fleet like a fan-out.
+    """
+    for start in range(0, len(offsets), size):
+        window = offsets[start : start + size]
+        per_task = max(1, size // len(window))
+        for first in range(0, len(members), per_task):
+            yield window, members[first : first + per_task]
 
 
 class Edge:
@@ -92,7 +127,14 @@ class Edge:
         self._replies: dict[str, asyncio.Future[bytes]] = {}
         #: Deliveries dropped as duplicates (a fan-out that ran twice).
         self.duplicates = 0
-        fabric.attach_edge(self.edge_id, self._sink, on_lost=self._on_lost)
+        #: Repair requests of this loop turn: (group, epoch, offsets) -> sub ids.
+        self._repairs: dict[_RepairKey, list[str]] = {}
+        self._repairs_due: asyncio.TimerHandle | None = None
+        self._repairing: set[asyncio.Task[None]] = set()
+        #: Deliveries routed per group: a group still receiving is not a lost tail.
+        self._received: dict[str, int] = {}
+        self.closed = False
+        fabric.attach_edge(self.edge_id, self._sink, on_lost=self._on_lost, stats=self.stats)
         self._tails: asyncio.Task[None] | None = None
         if runtime.settings().distributed:
             self._tails = loop.create_task(self._watch_tails())
@@ -107,8 +149,38 @@ class Edge:
             edge = cls._by_loop[loop] = cls(loop, fabric)
         return edge
 
+    @classmethod
+    def of_loop(cls, loop: asyncio.AbstractEventLoop) -> Edge | None:
+        """The edge of ``loop`` if it has one (none is created)."""
+        return cls._by_loop.get(loop)
+
     def __len__(self) -> int:
         return len(self._routes)
+
+    def stats(self) -> dict[str, str | int | float | bool]:
+        """What this edge publishes with its heartbeats, for ``manage.py gqlws status``."""
+        return {
+            "connections": drain.open_connections(),
+            "subscriptions": len(self._routes),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": _PROCESS_STARTED,
+            "draining": drain.draining(),
+        }
+
+    async def close(self) -> None:
+        """Leave the fabric for good: this edge's registrations, stream and info go at once.
+
+        The end of a drain: waiting for the heartbeat TTL to expire instead
+        would leave the fan-out computing notifications for subscriptions
+        whose clients already moved to another edge.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        if self._tails is not None:
+            self._tails.cancel()
+        await self.fabric.aclose_edge(self.edge_id)
 
     # ---- Subscriptions ---------------------------------------------------------
 
@@ -145,7 +217,7 @@ class Edge:
                 route.orders[group] = InOrder(seen.epoch, seen.offset)
                 route.orders[group].behind = current.offset
                 missed = list(range(seen.offset + 1, current.offset + 1))
-                self._loop.create_task(self._fill_gap(sub_id, group, seen.epoch, missed))
+                self._request_repair(sub_id, group, seen.epoch, missed)
                 self._schedule_gap_check(sub_id, group, seen.offset, force=True)
         early: list[Delivery | Reply] = list(route.early)
         route.early = []
@@ -167,10 +239,16 @@ class Edge:
 
     def _sink(self, deliveries: Sequence[Delivery | Reply]) -> None:
         # Called from fan-out threads and stream readers: hop onto the loop.
+        metrics.deliveries_arrived(deliveries)
         try:
-            self._loop.call_soon_threadsafe(self._route, deliveries)
+            self._loop.call_soon_threadsafe(self._arrived, deliveries)
         except RuntimeError:  # the loop is closed: this edge is gone
+            metrics.deliveries_routed(len(deliveries))
             self.fabric.detach_edge(self.edge_id)
+
+    def _arrived(self, deliveries: Sequence[Delivery | Reply]) -> None:
+        metrics.deliveries_routed(len(deliveries))
+        self._route(deliveries)
 
     def _route(self, deliveries: Sequence[Delivery | Reply]) -> None:
         for delivery in deliveries:
@@ -189,6 +267,8 @@ class Edge:
             if order is None:
                 LOG.error("Delivery for a group the subscription is not in: %r", delivery)
                 continue
+            if self._tails is not None:
+                self._received[delivery.group] = self._received.get(delivery.group, 0) + 1
             try:
                 released = order.push(delivery.epoch, delivery.offset, delivery)
             except EpochChanged:
@@ -196,6 +276,9 @@ class Edge:
                 continue
             if not released and delivery.offset <= order.last:
                 self.duplicates += 1
+                metrics.duplicate_dropped()
+            elif not released:
+                metrics.reorder_wait()  # buffered until the missing offset comes
             for item in released:
                 self._hand(route, item)
             if order.waiting:
@@ -238,31 +321,55 @@ class Edge:
         _, attempts = route.gap_checks.get(group, (last, 0))
         route.gap_checks[group] = (last, attempts + 1)
         missing = order.missing() or list(range(order.last + 1, order.behind + 1))
-        self._loop.create_task(self._fill_gap(sub_id, group, order.epoch, missing))
+        self._request_repair(sub_id, group, order.epoch, missing)
         # Under load the recomputation waits its turn behind other work: ask
         # again, less and less often, for as long as history holds the events
         # (only HistoryLost ends the subscription).
         delay = min(self.gap_wait * 2 ** (attempts + 1), _GAP_RETRY_CAP)
         self._loop.call_later(delay, self._check_gap, sub_id, group, last)
 
-    async def _fill_gap(self, sub_id: str, group: str, epoch: str, offsets: list[int]) -> None:
-        route = self._routes.get(sub_id)
-        if route is None or not offsets:
+    def _request_repair(self, sub_id: str, group: str, epoch: str, offsets: list[int]) -> None:
+        """Have ``offsets`` of ``group`` recomputed for ``sub_id``, batched with its peers."""
+        if not offsets:
+            return
+        self._repairs.setdefault((group, epoch, tuple(offsets)), []).append(sub_id)
+        if self._repairs_due is None:
+            self._repairs_due = self._loop.call_later(_REPAIR_BATCH_WAIT, self._send_repairs)
+
+    def _send_repairs(self) -> None:
+        self._repairs_due = None
+        repairs, self._repairs = self._repairs, {}
+        for (group, epoch, offsets), sub_ids in repairs.items():
+            task = self._loop.create_task(self._repair(group, epoch, list(offsets), sub_ids))
+            self._repairing.add(task)
+            task.add_done_callback(self._repairing.discard)
+
+    async def _repair(self, group: str, epoch: str, offsets: list[int], sub_ids: list[str]) -> None:
+        members = [
+            (sub_id, route.data)
+            for sub_id in dict.fromkeys(sub_ids)
+            if (route := self._routes.get(sub_id)) is not None
+        ]
+        if not members:
             return
         try:
-            for offset in offsets:
-                await asyncio.to_thread(self.fabric.event_at, group, epoch, offset)
+            # Streams are trimmed from the front: if the first offset is
+            # still there, so are the others.
+            await asyncio.to_thread(self.fabric.event_at, group, epoch, min(offsets))
         except HistoryLost as error:
-            self._lose(sub_id, group, str(error))
+            for sub_id, _ in members:
+                self._lose(sub_id, group, str(error))
             return
         except Exception:
             LOG.exception("Looking up a gap of %r in history failed; will retry", group)
             return
-        args = (self.edge_id, sub_id, route.data, group, epoch, offsets)
-        if runtime.settings().distributed:
-            await asyncio.to_thread(runtime.renotify, *args)
-        else:
-            runtime.renotify(*args)
+        distributed = runtime.settings().distributed
+        for window, chunk in _repair_tasks(offsets, members, runtime.settings().FANOUT_CHUNK_SIZE):
+            args = (self.edge_id, group, epoch, window, chunk)
+            if distributed:
+                await asyncio.to_thread(runtime.renotify, *args)
+            else:
+                runtime.renotify(*args)
 
     # ---- Tails: the last notifications of a group, with nothing after to show a gap ----
 
@@ -276,9 +383,15 @@ class Edge:
         behind for a whole round as a gap.
         """
         previous: dict[tuple[str, str], int] = {}
+        received: dict[str, int] = {}
         while True:
             await asyncio.sleep(self.gap_wait * 4)
+            # A group that received deliveries during the round has a fan-out
+            # under way (late, under load, is not lost): its tails wait.
+            busy = {g for g, n in self._received.items() if received.get(g) != n}
+            received = dict(self._received)
             groups = {g for route in self._routes.values() for g in route.groups}
+            self._received = {g: n for g, n in self._received.items() if g in groups}
             if not groups:
                 previous = {}
                 continue
@@ -299,6 +412,8 @@ class Edge:
                         continue
                     key = (sub_id, group)
                     current[key] = order.last
+                    if group in busy:
+                        continue
                     if previous.get(key) == order.last and not order.waiting:
                         order.behind = position.offset
                         self._schedule_gap_check(sub_id, group, order.last, force=True)

@@ -12,6 +12,7 @@ notifications run concurrently. Each job renders through
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from graphql import GraphQLSchema
 
 from broadcast import Event, Subscriber, get_fabric
 
+from . import metrics
 from .execution import PreparedOperation, RunAsync, execute
 from .phases import PublishPhase
 from .pool import submit
@@ -95,22 +97,27 @@ def _log_failure(future: Any) -> None:
 
 
 def _run(event: Event, subscribers: Sequence[Subscriber]) -> None:
+    started = time.perf_counter()
     fabric = get_fabric()
     for edge_id, deliveries in deliveries_for(event, subscribers, _renderer, _cohort).items():
         fabric.deliver(edge_id, deliveries)
+    metrics.fanout_done(started)
 
 
 def renotify(
-    edge_id: str, sub_id: str, data: LocalSubscriber, group: str, epoch: str, offsets: list[int]
+    edge_id: str, group: str, epoch: str, offsets: list[int], members: list[tuple[str, Any]]
 ) -> None:
-    """Compute again, in the subscriber's pool, the notifications of ``offsets``."""
+    """Compute again, in the subscribers' pools, the notifications of ``offsets``."""
+    by_pool: dict[ThreadPoolExecutor, list[Subscriber]] = defaultdict(list)
+    for sub_id, local in members:
+        by_pool[local.executor].append(Subscriber(edge_id, sub_id, {}, local))
 
-    def job() -> None:
+    def job(subscribers: list[Subscriber]) -> None:
         fabric = get_fabric()
-        subscriber = Subscriber(edge_id, sub_id, {}, data)
         for offset in offsets:
             event = fabric.event_at(group, epoch, offset)
-            for edge, deliveries in deliveries_for(event, [subscriber], _renderer, _cohort).items():
+            for edge, deliveries in deliveries_for(event, subscribers, _renderer, _cohort).items():
                 fabric.deliver(edge, deliveries)
 
-    submit(data.executor, job).add_done_callback(_log_failure)
+    for executor, subscribers in by_pool.items():
+        submit(executor, job, subscribers).add_done_callback(_log_failure)

@@ -20,6 +20,8 @@ class LiveSubscription:
     variables: dict[str, Any] | None
     context: Any  # OperationContext
     ended: bool = False
+    #: Its Subscription class (``module.QualName``), the label of its metrics.
+    name: str = "unknown"
 
 
 @dataclass(eq=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,6 +62,48 @@ def submit(
 async def run_in_pool(
     executor: ThreadPoolExecutor, func: Callable[..., T], *args: Any, **kwargs: Any
 ) -> T:
-    """Await ``func`` run in ``executor`` without blocking the event loop."""
-    call = functools.partial(contextvars.copy_context().run, _framed, func, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(executor, call)
+    """Await ``func`` run in ``executor`` without blocking the event loop.
+
+    Not ``loop.run_in_executor``: that chains a ``concurrent.futures.Future``
+    to an asyncio one with a done-callback registered from the loop, under
+    the future's lock, which the pool thread holds while it finishes; the
+    loop then waits for the lock and the GIL once per operation (~20 us,
+    measured). Here the job itself hands its outcome to the loop, once.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def job() -> None:
+        if future.cancelled():  # a stale read at worst: the outcome is then dropped
+            return
+        try:
+            result = context.run(_framed, func, *args, **kwargs)
+        except BaseException as error:  # handed to the awaiting task, like run_in_executor
+            _hand_over(loop, future, None, error)
+        else:
+            _hand_over(loop, future, result, None)
+
+    executor.submit(job)
+    return await future
+
+
+def _hand_over(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    result: Any,
+    error: BaseException | None,
+) -> None:
+    try:
+        loop.call_soon_threadsafe(_settle, future, result, error)
+    except RuntimeError:
+        pass  # the loop closed meanwhile: nobody awaits the outcome any more
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)

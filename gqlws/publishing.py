@@ -27,6 +27,7 @@ from graphql import ExecutionResult
 
 from broadcast import Delivery, DeliveryKind, Event, EventKind, Subscriber
 
+from . import metrics
 from .execution import format_result
 from .phases import PublishPhase
 from .serializer import deserialize, serialize
@@ -95,8 +96,17 @@ def deliveries_for(
             LOG.exception("Preparing a notification of %r failed", event.group)
             body = encode_notification({"data": None, "errors": [_INTERNAL_ERROR]}, event)
             kind = DeliveryKind.RESULT
+        metrics.fanout_computed(kind.value, len(members))
         for member in members:
             by_edge[member.edge_id].append(
-                Delivery(member.sub_id, event.group, event.epoch, event.offset, kind, body)
+                Delivery(
+                    member.sub_id,
+                    event.group,
+                    event.epoch,
+                    event.offset,
+                    kind,
+                    body,
+                    event.issued_at,
+                )
             )
     return by_edge

@@ -26,11 +26,13 @@ import asyncio
 import importlib
 import logging
 import threading
+import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from broadcast import Fabric, Subscriber
+from broadcast import Delivery, Fabric, Subscriber
 
+from . import metrics
 from .context import OperationContext, TrackingDict
 from .execution import (
     document_cache,
@@ -276,6 +278,7 @@ def fan_out(
     stop)`` for each further chunk. With ``stop`` it is such a chunk task:
     it computes the subscribers of its slice that belong to no cohort.
     """
+    started = time.perf_counter()
     event = fabric.event_at(group, epoch, offset)
     if stop is None:
         everyone = [_decoded(s) for s in fabric.subscribers(group, offset)]
@@ -296,6 +299,7 @@ def fan_out(
     for edge_id, deliveries in deliveries_for(event, chosen, _renderer, _cohort).items():
         fabric.deliver(edge_id, deliveries)
         count += len(deliveries)
+    metrics.fanout_done(started)
     return count
 
 
@@ -311,15 +315,29 @@ def _cohort(subscriber: Subscriber) -> str | None:
 def renotify(
     fabric: Fabric,
     edge_id: str,
-    sub_id: str,
-    data: bytes,
     group: str,
     epoch: str,
     offsets: list[int],
+    members: list[tuple[str, bytes]],
 ) -> None:
-    """Compute again, for one subscriber, the notifications of ``offsets``."""
-    subscriber = _decoded(Subscriber(edge_id, sub_id, {}, data))
+    """Compute again the notifications of ``offsets`` for ``members`` of one edge.
+
+    Members that left meanwhile (the client went away while the repair
+    waited in the queue, a retry behind an earlier request) are skipped
+    first: after a burst of gaps, the stale repairs of a thousand finished
+    subscriptions cost a Redis round trip each instead of a render per
+    offset, and no longer hold up the requests queued behind them.
+    """
+    present = fabric.still_registered(edge_id, [sub_id for sub_id, _ in members])
+    subscribers = [
+        _decoded(Subscriber(edge_id, sub_id, {}, data))
+        for sub_id, data in members
+        if sub_id in present
+    ]
+    redelivered: list[Delivery] = []
     for offset in offsets:
         event = fabric.event_at(group, epoch, offset)
-        for edge, deliveries in deliveries_for(event, [subscriber], _renderer, _cohort).items():
-            fabric.deliver(edge, deliveries)
+        for deliveries in deliveries_for(event, subscribers, _renderer, _cohort).values():
+            redelivered += deliveries
+    if redelivered:
+        fabric.deliver(edge_id, redelivered)  # one stream entry for the whole repair

@@ -21,6 +21,7 @@ from typing import Any
 
 from broadcast import Event, EventKind, Fabric, get_fabric, set_fabric
 
+from . import metrics
 from .settings import Settings, get_settings, reset_settings
 
 __all__ = [
@@ -117,15 +118,20 @@ def issue(group: str, kind: EventKind, payload: bytes) -> Event:
 
 
 def renotify(
-    edge_id: str, sub_id: str, data: Any, group: str, epoch: str, offsets: list[int]
+    edge_id: str, group: str, epoch: str, offsets: list[int], members: list[tuple[str, Any]]
 ) -> None:
-    """Have one subscriber's notifications of ``offsets`` computed again (gaps, resume)."""
+    """Have the notifications of ``offsets`` computed again for ``members`` of one edge.
+
+    ``members`` are (subscription id, registration data) pairs: the
+    subscriptions with this gap (a lost fan-out chunk, a resume), one task.
+    """
+    metrics.gap_fill_requested(len(members))
     if settings().distributed:
-        send_task("gqlws.renotify", (edge_id, sub_id, data, group, epoch, offsets))
+        send_task("gqlws.renotify", (edge_id, group, epoch, offsets, members))
     else:
         from .notify import renotify as renotify_locally
 
-        renotify_locally(edge_id, sub_id, data, group, epoch, offsets)
+        renotify_locally(edge_id, group, epoch, offsets, members)
 
 
 async def issue_async(group: str, kind: EventKind, payload: bytes) -> Event:

@@ -39,8 +39,22 @@ def _optional_url(value: Any) -> bool:
     )
 
 
+def _boolean(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
 def _name(value: Any) -> bool:
     return isinstance(value, str) and bool(value) and " " not in value
+
+
+def _optional_path(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, str) and len(value) > 1 and value.startswith("/") and " " not in value
+    )
+
+
+def _optional_port(value: Any) -> bool:
+    return value is None or (_positive_int(value) and value < 65536)
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,21 @@ class Settings:
     DRAIN_GRACE: float = 5.0
     #: Bytes Daphne may buffer for a client that does not read before dropping it.
     MAX_SEND_BUFFER: int = 4 << 20
+    #: Where an edge serves its Prometheus metrics (``gqlws.ops.urls()``); None: nowhere.
+    METRICS_PATH: str | None = "/metrics"
+    #: Liveness probe of an edge: 200 while the process answers.
+    LIVENESS_PATH: str | None = "/healthz"
+    #: Readiness probe: 503 while Redis does not answer or the edge drains.
+    READINESS_PATH: str | None = "/readyz"
+    #: Seconds the readiness probe waits for Redis to answer its PING.
+    READINESS_TIMEOUT: float = 1.0
+    #: Port of a Celery worker's own metrics HTTP server; None: no server.
+    WORKER_METRICS_PORT: int | None = None
+    #: Address that server binds (all interfaces: what a container needs).
+    WORKER_METRICS_ADDR: str = "0.0.0.0"
+    #: Put payloads, variables, close reasons and error messages in log records (debugging
+    #: only: they may hold tokens and personal data). Off: ids, codes and counts only.
+    LOG_PAYLOADS: bool = False
 
     @property
     def distributed(self) -> bool:
@@ -90,6 +119,13 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "CELERY_QUEUE": (_name, "a non-empty string without spaces"),
     "DRAIN_GRACE": (_positive_number, "a positive number of seconds"),
     "MAX_SEND_BUFFER": (_positive_int, "a positive number of bytes"),
+    "METRICS_PATH": (_optional_path, "None or a URL path such as '/metrics'"),
+    "LIVENESS_PATH": (_optional_path, "None or a URL path such as '/healthz'"),
+    "READINESS_PATH": (_optional_path, "None or a URL path such as '/readyz'"),
+    "READINESS_TIMEOUT": (_positive_number, "a positive number of seconds"),
+    "WORKER_METRICS_PORT": (_optional_port, "None or a TCP port number"),
+    "WORKER_METRICS_ADDR": (_name, "an IP address or host name"),
+    "LOG_PAYLOADS": (_boolean, "True or False"),
 }
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from broadcast import Delivery, DeliveryKind, Position
 
-from . import protocol
+from . import metrics, protocol
 from .context import OperationContext
 from .edge import Edge
 from .execution import PreparedOperation
@@ -33,6 +33,7 @@ from .operation import LiveSubscription, Operation
 
 if TYPE_CHECKING:
     from .executors import Executor
+    from .logs import ConnectionLogger
     from .outbox import Outbox
 
 __all__ = ["SubscriptionsMixin"]
@@ -52,6 +53,7 @@ class SubscriptionsMixin:
         _session: protocol.ProtocolSession | None
         _operations: dict[str, Operation]
         _outbox: Outbox
+        _log: ConnectionLogger
 
         def _emit(self, operation: Operation, actions: list[protocol.Action]) -> None: ...
         def _apply(self, actions: list[protocol.Action]) -> None: ...
@@ -70,13 +72,16 @@ class SubscriptionsMixin:
         context = OperationContext(self.scope, op_id, prepared.operation_name)
         outcome = await self._runner.run(self, "subscribe", prepared, variables, context)
         if outcome.errors:
+            self._log.operation_failed(op_id, "subscribe", outcome.errors)
             self._emit(operation, session.error(op_id, outcome.errors))
             return False
         if not outcome.is_subscription:
             message = "The subscription field is not a gqlws Subscription"
+            self._log.operation_failed(op_id, "not a subscription", [{"message": message}])
             self._emit(operation, session.error(op_id, [{"message": message}]))
             return False
         live = LiveSubscription(f"{op_id}:{uuid.uuid4().hex}", prepared, variables, context)
+        live.name = metrics.subscription_name(outcome.groups)
         data = self._runner.subscriber_data(self, prepared, variables, context, outcome.cohort)
         target = functools.partial(self._on_delivery, operation)
         registering = asyncio.ensure_future(
@@ -90,9 +95,11 @@ class SubscriptionsMixin:
         except asyncio.CancelledError:
             await registering
             operation.subscription = live
+            metrics.subscription_started(live.name)
             await self._end_subscriptions([operation])
             raise
         operation.subscription = live
+        metrics.subscription_started(live.name)
         if self._operations.get(op_id) is not operation:
             # Stopped while registering: end it here, nobody else will.
             await self._end_subscriptions([operation])
@@ -110,16 +117,20 @@ class SubscriptionsMixin:
             # position included: only the operation id is spliced in here.
             frame = self._session.next_text(operation.op_id, delivery.body)
             if frame is not None:
-                self._outbox.notify(frame)
+                self._outbox.notify(frame, delivery.issued_at)
+        elif delivery.kind is DeliveryKind.SKIP:
+            metrics.notification_skipped()
         elif delivery.kind is DeliveryKind.END:
             del self._operations[operation.op_id]
             self._apply(self._session.complete(operation.op_id))
             self._end_later([operation], f"unsubscribe {operation.op_id}")
         elif delivery.kind is DeliveryKind.LOST:
+            metrics.resync("lost")
             del self._operations[operation.op_id]
             self._apply(self._session.error(operation.op_id, [_resync_error(delivery, True)]))
             self._end_later([operation], f"lost {operation.op_id}")
         elif delivery.kind is DeliveryKind.RESYNC:
+            metrics.resync("resync")
             notice = {"data": None, "errors": [_resync_error(delivery, False)]}
             self._apply(self._session.next(operation.op_id, notice))
 
@@ -135,6 +146,7 @@ class SubscriptionsMixin:
             await asyncio.gather(*ending)
 
     async def _end_one(self, operation: Operation, live: LiveSubscription) -> None:
+        metrics.subscription_ended(live.name)
         try:
             await Edge.current().unsubscribe(live.sub_id)
             outcome = await self._runner.run(

@@ -1,4 +1,4 @@
-"""The distributed topology as local processes: Redis, Daphne edges, Celery workers.
+"""The distributed topology as local processes: Redis, edges (Daphne or uvicorn), Celery workers.
 
 Usable from tests::
 
@@ -8,7 +8,7 @@ Usable from tests::
 
 and by hand (prints one line of JSON, stays up until SIGINT or SIGTERM)::
 
-    python -m tests.cluster --edges 2 --workers 2
+    python -m tests.cluster --edges 2 --workers 2 [--server uvicorn]
 
 Everything binds 127.0.0.1 on free ports, every wait is bounded, and every
 process started here is stopped on exit (process groups are killed).
@@ -29,7 +29,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.processes import ROOT, ServerProcess, child_env, free_port, wait_for_port
+from tests.processes import (
+    ROOT,
+    SERVERS,
+    ServerProcess,
+    child_env,
+    free_port,
+    server_argv,
+    wait_for_port,
+)
 from tests.redis_server import RedisServer, redis_server
 
 __all__ = ["Cluster"]
@@ -42,7 +50,7 @@ PROJECTS = {
 
 
 class Cluster:
-    """A private redis-server, ``edges`` Daphne processes and ``workers`` Celery workers."""
+    """A private redis-server, ``edges`` ASGI server processes and ``workers`` Celery workers."""
 
     def __init__(
         self,
@@ -53,8 +61,11 @@ class Cluster:
         log_dir: Path | None = None,
         env: dict[str, str] | None = None,
         worker_concurrency: int = 8,
+        server: str = "daphne",
     ) -> None:
         self.asgi, self.settings_module = PROJECTS[project]
+        #: The ASGI server of the edges: "daphne" or "uvicorn".
+        self.server = server
         self.edge_count = edges
         self.worker_count = workers
         self.worker_concurrency = worker_concurrency
@@ -128,7 +139,7 @@ class Cluster:
 
     def _start_edge(self, index: int) -> ServerProcess:
         port = free_port()
-        argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), self.asgi]
+        argv = server_argv(self.server, self.asgi, port)
         edge = ServerProcess(
             argv, port=port, env=self.env, log=self.log_dir / f"edge{index}-{port}.log"
         )
@@ -226,13 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--edges", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--server", choices=SERVERS, default="daphne", help="the edges' server")
     parser.add_argument("--project", choices=sorted(PROJECTS), default="example")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     os.chdir(ROOT)
-    with Cluster(edges=args.edges, workers=args.workers, project=args.project) as cluster:
+    with Cluster(
+        edges=args.edges, workers=args.workers, project=args.project, server=args.server
+    ) as cluster:
         print(json.dumps(cluster.describe()), flush=True)
         while not stop.wait(0.5):
             pass

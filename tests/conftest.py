@@ -81,11 +81,26 @@ def daphne_server() -> Iterator[processes.ServerProcess]:
         yield server
 
 
-@pytest.fixture(params=["communicator", "daphne"])
+@pytest.fixture(scope="session")
+def uvicorn_server() -> Iterator[processes.ServerProcess]:
+    """One uvicorn process serving ``tests.asgi:application`` for the whole run."""
+    log_dir = Path(_TMP)
+    env = processes.child_env(GQLWS_TEST_DB=os.environ["GQLWS_TEST_DB"])
+    with processes.asgi_server(
+        "tests.asgi:application", log_dir, server="uvicorn", env=env
+    ) as server:
+        yield server
+
+
+@pytest.fixture(params=["communicator", "daphne", "uvicorn"])
 async def connect(request: pytest.FixtureRequest) -> AsyncIterator[Connect]:
     """``await connect(path, subprotocols)``: a connected transport to a test consumer."""
     opened: list[GraphqlWsTransport] = []
-    server = request.getfixturevalue("daphne_server") if request.param == "daphne" else None
+    server = (
+        request.getfixturevalue(f"{request.param}_server")
+        if request.param != "communicator"
+        else None
+    )
 
     async def _connect(
         path: str = "graphql/", subprotocols: Sequence[str] = DEFAULT_SUBPROTOCOLS

@@ -16,7 +16,16 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["ROOT", "ServerProcess", "free_port", "wait_for_port"]
+__all__ = [
+    "ROOT",
+    "SERVERS",
+    "ServerProcess",
+    "asgi_server",
+    "daphne",
+    "free_port",
+    "server_argv",
+    "wait_for_port",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,28 +103,58 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+#: The ASGI servers an edge can run under, and their command lines.
+SERVERS = ("daphne", "uvicorn")
+
+
+def server_argv(server: str, application: str, port: int) -> list[str]:
+    """The command line serving ``application`` on 127.0.0.1:``port`` under ``server``."""
+    if server == "daphne":
+        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), application]
+    if server == "uvicorn":
+        # No lifespan: Channels' router does not speak it (uvicorn would log
+        # that at every start).
+        return [
+            sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
+            "--lifespan", "off", "--log-level", "warning", application,
+        ]  # fmt: skip
+    raise ValueError(f"Unknown ASGI server {server!r}; expected one of {SERVERS}")
+
+
 @contextlib.contextmanager
-def daphne(
-    application: str, log_dir: Path, *, env: dict[str, str] | None = None, attempts: int = 3
+def asgi_server(
+    application: str,
+    log_dir: Path,
+    *,
+    server: str = "daphne",
+    env: dict[str, str] | None = None,
+    attempts: int = 3,
 ) -> Iterator[ServerProcess]:
-    """A Daphne process serving ``application`` on a free port of 127.0.0.1."""
+    """A ``server`` (Daphne or uvicorn) process serving ``application`` on a free port."""
     for attempt in range(attempts):
         port = free_port()
-        server = ServerProcess(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), application],
+        process = ServerProcess(
+            server_argv(server, application, port),
             port=port,
             env=env or child_env(),
-            log=log_dir / f"daphne-{port}.log",
+            log=log_dir / f"{server}-{port}.log",
         )
         try:
-            wait_for_port(port, server.process, timeout=30)
+            wait_for_port(port, process.process, timeout=30)
         except RuntimeError:
-            server.stop()
+            process.stop()
             if attempt == attempts - 1:
-                raise RuntimeError(f"Daphne did not start:\n{server.log_tail()}") from None
+                raise RuntimeError(f"{server} did not start:\n{process.log_tail()}") from None
             continue  # the port was taken in between: try another
         try:
-            yield server
+            yield process
         finally:
-            server.stop()
+            process.stop()
         return
+
+
+def daphne(
+    application: str, log_dir: Path, *, env: dict[str, str] | None = None, attempts: int = 3
+) -> contextlib.AbstractContextManager[ServerProcess]:
+    """A Daphne process serving ``application`` on a free port of 127.0.0.1."""
+    return asgi_server(application, log_dir, server="daphne", env=env, attempts=attempts)

@@ -14,6 +14,7 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.sessions",
     "channels",
+    "gqlws",  # checks GQLWS at start-up; `manage.py gqlws status`
     "tests.models_app",
 ]
 DATABASES = {

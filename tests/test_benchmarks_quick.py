@@ -59,7 +59,12 @@ def test_queries_have_results_at_every_connection_count(
     report: dict[str, Any], server: str
 ) -> None:
     rows = report["results"][server]["queries"]
-    assert [row["connections"] for row in rows] == report["sizes"]["connections"]
+    sizes = report["sizes"]
+    assert [(row["query"], row["connections"]) for row in rows] == [
+        (query, connections)
+        for query in sizes["query_kinds"]
+        for connections in sizes["connections"]
+    ]
     for row in rows:
         assert "error" not in row, row
         assert row["errors"] == 0, row

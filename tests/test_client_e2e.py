@@ -13,11 +13,13 @@ from tests.processes import ServerProcess
 MakeClient = Callable[..., gqlws.GraphqlWsClient]
 
 
-@pytest.fixture(params=["communicator", "daphne"])
+@pytest.fixture(params=["communicator", "daphne", "uvicorn"])
 async def make_client(request: pytest.FixtureRequest) -> AsyncIterator[MakeClient]:
     clients: list[gqlws.GraphqlWsClient] = []
     server: ServerProcess | None = (
-        request.getfixturevalue("daphne_server") if request.param == "daphne" else None
+        request.getfixturevalue(f"{request.param}_server")
+        if request.param != "communicator"
+        else None
     )
 
     def _make(subprotocol: str, path: str = "graphql/") -> gqlws.GraphqlWsClient:

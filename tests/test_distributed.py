@@ -231,29 +231,104 @@ async def test_a_worker_killed_during_fan_out_loses_no_notification(cluster: Any
             await client.finalize()
 
 
-async def test_an_edge_stopped_with_sigterm_finishes_running_work_then_closes_with_1012(
+async def test_an_edge_stopped_with_sigterm_finishes_work_closes_with_1012_and_leaves_no_loss(
     cluster: Any, edge_clients: Any, tmp_path: Any
 ) -> None:
+    """SIGTERM on edge A: running work ends, the socket closes with 1012, A leaves the
+    fabric at once, and a subscriber that resumes on edge B misses nothing, twice nothing."""
     import signal
 
+    import redis
+
+    from broadcast.inspection import inspect_fabric
+    from broadcast.redis import RedisFabric
+    from tests.subscription_schema import OnEvent
+
+    group = f"drain-{asyncio.get_running_loop().time()}"
+    query = "subscription($g: String) { onEvent(group: $g) { seq } }"
     effects = tmp_path / "effects"
     client = await edge_clients(0)
-    try:
-        mutation = "mutation($p: String!) { recordThenSleep(path: $p, seconds: 1.5) { ok } }"
-        running = await client.start(mutation, variables={"p": str(effects)})
-        deadline = asyncio.get_running_loop().time() + 20
-        while not effects.exists():  # the edge has it in flight, a worker runs it
-            assert asyncio.get_running_loop().time() < deadline
+    sub = await client.subscribe(query, variables={"g": group})
+    fabric = RedisFabric(cluster.redis.url, heartbeat_ttl=3.0, heartbeat_interval=0.5)
+    store = redis.Redis.from_url(cluster.redis.url)
+    closed, away, resumed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    sent = 0
+
+    async def broadcast() -> None:
+        nonlocal sent
+        await asyncio.to_thread(OnEvent.broadcast.delay, group=group, payload={"seq": sent})
+        sent += 1
+
+    async def broadcaster() -> int:
+        while not closed.is_set():  # before the SIGTERM and during the drain
+            await broadcast()
+            await asyncio.sleep(0.05)
+        for _ in range(3):  # while the client is away
+            await broadcast()
+        away.set()
+        await resumed.wait()
+        for _ in range(5):  # once it resumed on edge B
+            await broadcast()
+        return sent
+
+    received: list[int] = []
+
+    async def read_on_a() -> int | None:
+        with pytest.raises(gqlws.transport.GraphqlWsConnectionClosed) as ended:
+            while True:
+                received.append((await sub.next(timeout=30))["data"]["onEvent"]["seq"])
+        return ended.value.code
+
+    async def until(predicate: Any, what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 30
+        while not predicate():
+            assert asyncio.get_running_loop().time() < deadline, what
             await asyncio.sleep(0.02)
-        cluster.edges[0].signal(signal.SIGTERM)
-        result = await client.receive(wait_id=running)
-        assert result == {"data": {"recordThenSleep": {"ok": True}}}  # in-flight work is not lost
-        with pytest.raises(gqlws.transport.GraphqlWsConnectionClosed) as closed:
-            for _ in range(5):
-                await client.receive(timeout=10)
-        assert closed.value.code == 1012
-        assert cluster.edges[0].process.wait(30) is not None  # and the edge exits
+
+    def edge_a_id() -> str | None:
+        for edge in inspect_fabric(fabric).edges:
+            if edge.info.get("pid") == str(cluster.edges[0].pid):
+                return edge.edge_id
+        return None
+
+    tasks: list[asyncio.Future[Any]] = []
+    try:
+        await until(edge_a_id, "edge A never published its info")
+        doomed = edge_a_id()
+        with distributed_runtime(cluster.redis.url):
+            sending = asyncio.ensure_future(broadcaster())
+            reading = asyncio.ensure_future(read_on_a())
+            tasks += [sending, reading]
+            mutation = "mutation($p: String!) { recordThenSleep(path: $p, seconds: 1.5) { ok } }"
+            running = await client.start(mutation, variables={"p": str(effects)})
+            answer = asyncio.ensure_future(client.receive(wait_id=running, timeout=30))
+            # The edge has the mutation in flight (a worker runs it) and notifications flow.
+            await until(lambda: effects.exists() and len(received) >= 3, "nothing in flight")
+            cluster.edges[0].signal(signal.SIGTERM)
+            # In-flight work is not lost; then the socket closes with 1012.
+            assert await answer == {"data": {"recordThenSleep": {"ok": True}}}
+            assert await asyncio.wait_for(reading, 30) == 1012
+            closed.set()
+            assert cluster.edges[0].process.wait(30) is not None  # and the edge exits,
+            # having left the fabric itself: its heartbeat (3 s TTL) has not expired yet.
+            assert store.zscore("gqlws:edges", doomed) is None
+            assert not store.exists(f"gqlws:{{e:{doomed}}}:subs", f"gqlws:{{e:{doomed}}}:info")
+
+            await asyncio.wait_for(away.wait(), 30)
+            again = await edge_clients(1)
+            resuming = await again.subscribe(query, variables={"g": group}, resume=sub)
+            resumed.set()
+            total = await asyncio.wait_for(sending, 60)
+            while len(received) < total:
+                received.append((await resuming.next(timeout=30))["data"]["onEvent"]["seq"])
+            assert received == list(range(total))  # every one, once, in order
+            with pytest.raises(asyncio.TimeoutError):
+                await resuming.next(timeout=0.5)  # and nothing more
     finally:
+        for task in tasks:
+            task.cancel()
+        fabric.close()
+        store.close()
         cluster.restart_edge(0)
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
 
 from broadcast import Delivery, DeliveryKind, EventKind, InMemoryFabric, Position
 from gqlws import runtime
-from gqlws.edge import Edge
+from gqlws.edge import Edge, _repair_tasks
 
 
 class Recorder:
@@ -69,7 +70,7 @@ async def test_a_gap_that_history_holds_is_recomputed_by_a_worker(
     while not sent:
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.01)
-    assert sent[0] == (edge.edge_id, "s", b"registration", "g", position.epoch, [first.offset])
+    assert sent[0] == (edge.edge_id, "g", position.epoch, [first.offset], [("s", b"registration")])
     edge._route([result(position, first.offset)])  # what the worker sends back
     assert [d.offset for d in await target.wait_for(2)] == [first.offset, second.offset]
 
@@ -131,3 +132,56 @@ async def test_registrations_lost_with_the_store_are_made_again_with_a_resync_no
     new_position = Position(fabric._groups["g"].epoch, 0)
     edge._route([result(new_position, 1)])
     assert [d.kind for d in await target.wait_for(2)] == [DeliveryKind.RESYNC, DeliveryKind.RESULT]
+
+
+async def test_subscriptions_with_the_same_gap_are_repaired_by_one_request_per_chunk(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lost fan-out chunk leaves many subscriptions with one gap: one task
+    # per subscription flooded the workers' queue; one per chunk does not.
+    chunked = dataclasses.replace(runtime.settings(), FANOUT_CHUNK_SIZE=4)
+    monkeypatch.setattr(runtime, "settings", lambda: chunked)
+    sent: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(runtime, "renotify", lambda *args: sent.append(args))
+    targets = {f"s{i}": Recorder() for i in range(10)}
+    positions = {
+        sub_id: (await edge.subscribe(sub_id, ["g"], sub_id.encode(), target))["g"]
+        for sub_id, target in targets.items()
+    }
+    first = edge.fabric.issue("g", EventKind.PUBLISH, b"1")
+    second = edge.fabric.issue("g", EventKind.PUBLISH, b"2")
+    edge._route([result(positions[s], second.offset, sub_id=s) for s in targets])
+    deadline = asyncio.get_running_loop().time() + 5
+    while sum(len(args[4]) for args in sent) < len(targets):
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    assert [len(args[4]) for args in sent] == [4, 4, 2]
+    assert {args[3] == [first.offset] for args in sent} == {True}
+    assert sorted(m for args in sent for m, _ in args[4]) == sorted(targets)
+
+
+def test_a_big_repair_is_split_into_tasks_of_about_one_fan_out_chunk() -> None:
+    members = [(f"s{i}", None) for i in range(10)]
+    tasks = list(_repair_tasks(list(range(1, 8)), members, 4))
+    # 7 offsets in windows of 4 and 3; 1 subscriber per task (4 // 4, 4 // 3).
+    assert [(w, [m for m, _ in c]) for w, c in tasks[:2]] == [
+        ([1, 2, 3, 4], ["s0"]),
+        ([1, 2, 3, 4], ["s1"]),
+    ]
+    assert sum(len(w) * len(c) for w, c in tasks) == 7 * 10  # every notification, once
+    assert max(len(w) * len(c) for w, c in tasks) <= 4
+    assert [len(c) for w, c in _repair_tasks([5], members, 4)] == [4, 4, 2]
+
+
+async def test_a_worker_skips_the_repair_of_subscriptions_that_left_meanwhile() -> None:
+    from gqlws import remote
+
+    fabric = InMemoryFabric()
+    delivered: list[Any] = []
+    fabric.deliver = lambda edge_id, batch: delivered.extend(batch)  # type: ignore[method-assign]
+    await fabric.register("e1", "gone", ["g"], b"")
+    await fabric.unregister("e1", "gone")
+    event = fabric.issue("g", EventKind.PUBLISH, b"x")
+    # Undecodable data: rendering it would raise; a skipped member is never decoded.
+    remote.renotify(fabric, "e1", "g", event.epoch, [event.offset], [("gone", b"\xc1")])
+    assert delivered == []

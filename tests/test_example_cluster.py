@@ -1,5 +1,7 @@
 """The example chat end to end: embedded (one Daphne) and distributed (2 edges, 2 workers).
 
+The distributed case runs twice: edges under Daphne and under uvicorn.
+
 Two clients chat through the example (login, send, receive, no notification
 of one's own messages, history), and the HTTP endpoint answers. With
 ``GQLWS_CLUSTER_EDGES`` / ``GQLWS_CLUSTER_HTTP`` set (the ``tests`` service of
@@ -58,7 +60,7 @@ def _ensure_user(stack: Stack) -> None:
     stack.manage("createsuperuser", "--noinput", "--username", USERNAME, "--email", "u@x.invalid")
 
 
-@pytest.fixture(scope="module", params=["embedded", "distributed"])
+@pytest.fixture(scope="module", params=["embedded", "distributed", "distributed-uvicorn"])
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
@@ -75,13 +77,14 @@ def stack(
         _ensure_user(composed)
         yield composed
         return
-    if request.param == "distributed":
+    if request.param.startswith("distributed"):
         from tests.cluster import Cluster
 
         with Cluster(
             edges=2,
             workers=2,
             project="example",
+            server="uvicorn" if request.param.endswith("uvicorn") else "daphne",
             log_dir=tmp,
             env={"GQLWS_EXAMPLE_DB": str(tmp / "db.sqlite3")},
         ) as cluster:

@@ -18,6 +18,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+import broadcast.redis as redis_fabric_module
 from broadcast import Delivery, DeliveryKind, EventKind, HistoryLost, Reply
 from broadcast.redis import RedisFabric
 from tests.redis_server import RedisServer, redis_server
@@ -276,6 +277,31 @@ async def test_subscribers_are_sliced_in_registration_order_and_counted(
     assert [s.sub_id for s in fabric.subscribers("g", 4, 1, 3)] == ["s1", "s2"]
     assert fabric.subscriber_count("g", 100) == 7
     assert fabric.subscriber_count("g", 4) == 4
+
+
+async def test_a_burst_of_registrations_beyond_the_pool_waits_for_connections(
+    edge_fabric: RedisFabric, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thousand clients reconnecting at once: the default pool raised
+    # MaxConnectionsError past its size and lost those registrations.
+    monkeypatch.setattr(redis_fabric_module, "ASYNC_POOL_SIZE", 3)
+    fabric = edge_fabric
+    await asyncio.gather(*(fabric.register("e1", f"s{i}", ["g"], i) for i in range(200)))
+    assert fabric.subscriber_count("g", 1) == 200
+    await asyncio.gather(*(fabric.unregister("e1", f"s{i}") for i in range(200)))
+    assert fabric.subscriber_count("g", 1) == 0
+
+
+async def test_still_registered_names_the_subscriptions_an_edge_holds(
+    edge_fabric: RedisFabric,
+) -> None:
+    fabric = edge_fabric
+    await fabric.register("e1", "s1", ["g"], b"")
+    await fabric.register("e1", "s2", ["g"], b"")
+    await fabric.unregister("e1", "s2")
+    assert fabric.still_registered("e1", ["s1", "s2", "s3"]) == {"s1"}
+    assert fabric.still_registered("e2", ["s1"]) == set()
+    assert fabric.still_registered("e1", []) == set()
 
 
 async def test_unregister_removes_a_subscription_from_all_its_groups(

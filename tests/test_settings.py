@@ -34,6 +34,9 @@ def test_distributed_mode_without_a_celery_broker_is_rejected() -> None:
         ({"HISTORY_LENGTH": True}, "must be a positive integer, got True"),
         ({"GAP_WAIT": "1"}, "GQLWS['GAP_WAIT'] must be a positive number of seconds, got '1'"),
         ({"KEY_PREFIX": "a b"}, "GQLWS['KEY_PREFIX'] must be a non-empty string"),
+        ({"METRICS_PATH": "metrics"}, "GQLWS['METRICS_PATH'] must be None or a URL path"),
+        ({"WORKER_METRICS_PORT": 70000}, "GQLWS['WORKER_METRICS_PORT'] must be None or a TCP port"),
+        ({"LOG_PAYLOADS": "yes"}, "GQLWS['LOG_PAYLOADS'] must be True or False, got 'yes'"),
         (
             {"EDGE_HEARTBEAT_INTERVAL": 5, "EDGE_HEARTBEAT_TTL": 5},
             "must be longer than GQLWS['EDGE_HEARTBEAT_INTERVAL']",

@@ -1,4 +1,4 @@
-"""HTTP routes of the test project: a sync Django view that broadcasts."""
+"""HTTP routes of the test project: a sync Django view that broadcasts, metrics, health."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
+from gqlws import ops
 from gqlws.http import GraphQLHttpView
 from tests.subscription_schema import OnEvent, SubscriptionConsumer
 
@@ -22,4 +23,5 @@ def notify(request: HttpRequest) -> HttpResponse:
 urlpatterns = [
     path("notify/", notify),
     path("graphql/", GraphQLHttpView.as_view(consumer=SubscriptionConsumer)),
+    *ops.urls(),
 ]

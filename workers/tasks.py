@@ -50,10 +50,10 @@ def fanout(group: str, epoch: str, offset: int, start: int = 0, stop: int | None
 
 @app.task(name="gqlws.renotify", acks_late=True, reject_on_worker_lost=True)
 def renotify(
-    edge_id: str, sub_id: str, data: bytes, group: str, epoch: str, offsets: list[int]
+    edge_id: str, group: str, epoch: str, offsets: list[int], members: list[tuple[str, bytes]]
 ) -> None:
-    """Recompute one subscriber's notifications an edge found missing (a gap)."""
-    remote.renotify(runtime.fabric(), edge_id, sub_id, data, group, epoch, offsets)
+    """Recompute the notifications an edge found missing (a gap) for some of its subscribers."""
+    remote.renotify(runtime.fabric(), edge_id, group, epoch, offsets, members)
 
 
 @app.task(name="gqlws.issue")
