@@ -8,8 +8,9 @@ load generator's frames to get answers of the same shape gqlws gives:
 * a query (any begin frame whose document is neither the subscription nor
   the mutation) gets its precomputed result (``{"data": {"history": []}}``,
   or ``{"data": {"me": null}}`` for ``{ me }``), then ``complete``;
-* the ``onNewChatMessage`` subscription puts the connection in a set per
-  room and answers nothing (gqlws's example does not confirm either);
+* a subscription (``onNewChatMessage`` or ``onChatFeed``) puts the
+  connection in a set per room and answers nothing (gqlws's example does not
+  confirm either); notifications carry that subscription's field;
 * the ``sendChatMessage`` mutation gets its precomputed result and
   ``complete``, then the same notification frame gqlws would send (chat
   text, and the position in ``extensions.gqlws``) is pushed straight to every
@@ -30,7 +31,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchmarks.frames import BEGIN, CANCEL, PROTOCOLS, QUERIES, RESULT, TRANSPORT_WS
+from benchmarks.frames import (
+    BEGIN,
+    CANCEL,
+    PROTOCOLS,
+    QUERIES,
+    RESULT,
+    SUBSCRIPTIONS,
+    TRANSPORT_WS,
+)
 
 __all__ = ["application"]
 
@@ -72,8 +81,11 @@ class _Rooms:
         # Dicts keep insertion order: notifications go out in subscription order.
         self.subscribers: dict[str, dict[tuple[int, str], _Connection]] = {}
         self.offsets: dict[str, int] = {}
+        #: The subscription field of each room's notifications.
+        self.fields: dict[str, str] = {}
 
-    def add(self, room: str, connection: _Connection, operation_id: str) -> None:
+    def add(self, room: str, field: str, connection: _Connection, operation_id: str) -> None:
+        self.fields[room] = field
         self.subscribers.setdefault(room, {})[(id(connection), operation_id)] = connection
         connection.subscriptions[operation_id] = room
 
@@ -88,7 +100,7 @@ class _Rooms:
         self.offsets[room] = offset
         payload = json.dumps(
             {
-                "data": {"onNewChatMessage": {"text": text}},
+                "data": {self.fields.get(room, "onNewChatMessage"): {"text": text}},
                 "extensions": {
                     "gqlws": {"group": _GROUP_PREFIX + room, "epoch": _EPOCH, "offset": offset}
                 },
@@ -135,8 +147,9 @@ async def _serve(connection: _Connection, receive: Receive) -> None:
 async def _begin(connection: _Connection, operation_id: str, payload: dict[str, Any]) -> None:
     query = payload.get("query", "")
     variables = payload.get("variables") or {}
-    if "onNewChatMessage" in query:
-        _ROOMS.add(variables["r"], connection, operation_id)
+    subscribed = next((f for _, f in SUBSCRIPTIONS.values() if f in query), None)
+    if subscribed is not None:
+        _ROOMS.add(variables["r"], subscribed, connection, operation_id)
     elif "sendChatMessage" in query:
         await connection.answer(operation_id, _MUTATION_PAYLOAD)
         await _ROOMS.broadcast(variables["r"], variables["t"])

@@ -29,8 +29,8 @@ import aiohttp
 from benchmarks.frames import (
     QUERY,
     SEND,
-    SUBSCRIBE,
     SUBSCRIPTION_ID,
+    SUBSCRIPTIONS,
     TRANSPORT_WS,
     parse_stamp,
     stamp,
@@ -55,6 +55,7 @@ class Subscriber:
     """What one subscribed socket received, in arrival order."""
 
     link: Link
+    data_field: str = "onNewChatMessage"  # the subscription's field in each notification
     warm: bool = False
     failed: bool = False
     seqs: list[int] = field(default_factory=list)
@@ -102,7 +103,7 @@ async def _read_notifications(subscriber: Subscriber, tally: Tally) -> None:
                 continue
             payload = frame["payload"]
             try:
-                text = payload["data"]["onNewChatMessage"]["text"]
+                text = payload["data"][subscriber.data_field]["text"]
                 stamped = parse_stamp(text)
             except (KeyError, TypeError, ValueError):
                 error(json.dumps(frame)[:300])
@@ -169,7 +170,13 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
     deadline = time.monotonic() + spec.get("deadline", 600.0)
     edge_pids: list[int] = spec.get("edge_pids", [])
     room = f"bench-{count}-{uuid.uuid4().hex[:8]}"
-    result: dict[str, Any] = {"subscribers": count, "edges": len(urls), "room": room}
+    document, field_name = SUBSCRIPTIONS[spec.get("subscription", "chat")]
+    result: dict[str, Any] = {
+        "subscribers": count,
+        "subscription": spec.get("subscription", "chat"),
+        "edges": len(urls),
+        "room": room,
+    }
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         rss_before = rss_bytes(edge_pids)
@@ -182,13 +189,13 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
             # Then one query round trip, as the example's clients do for lack of a
             # confirmation: it also bounds how many subscriptions are being set up
             # at once. (A burst of thousands at once is another benchmark.)
-            await link.start(SUBSCRIPTION_ID, SUBSCRIBE, {"r": room})
+            await link.start(SUBSCRIPTION_ID, document, {"r": room})
             operation_id = link.new_id("q")
             await link.start(operation_id, QUERY, {})
             await _result_skipping_notifications(link, operation_id, timeout)
             # Read from now on: a socket nobody reads leaves the server's pings
             # unanswered, and Daphne closes it while the others are still opening.
-            subscriber = Subscriber(link)
+            subscriber = Subscriber(link, field_name)
             subscribers.append(subscriber)
             readers.append(asyncio.create_task(_read_notifications(subscriber, tally)))
 

@@ -29,6 +29,7 @@ __all__ = [
     "RESULT",
     "SEND",
     "SUBSCRIBE",
+    "SUBSCRIPTIONS",
     "SUBSCRIPTION_ID",
     "TRANSPORT_WS",
     "parse_stamp",
@@ -58,6 +59,14 @@ QUERIES = {
     "me": ("{ me }", "me"),
 }
 SUBSCRIBE = "subscription($r: String!) { onNewChatMessage(chatroom: $r) { text } }"
+#: The subscriptions the fan-out measures, by name: the document and its field.
+#: ``chat`` (``onNewChatMessage``) runs ``publish`` per subscriber (it hides
+#: one's own messages); ``feed`` (``onChatFeed``) is a cohort: one ``publish``,
+#: one rendering and one encoding per broadcast, whatever the subscribers.
+SUBSCRIPTIONS = {
+    "chat": (SUBSCRIBE, "onNewChatMessage"),
+    "feed": ("subscription($r: String!) { onChatFeed(chatroom: $r) { text } }", "onChatFeed"),
+}
 SEND = "mutation($r: String!, $t: String!) { sendChatMessage(chatroom: $r, text: $t) { ok } }"
 
 #: Every subscriber holds one subscription, under this operation id.

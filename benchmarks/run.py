@@ -31,7 +31,10 @@ process, started once per measurement with a JSON spec) measures:
    ``{ history(chatroom: "bench-empty") { text } }`` (an empty room, read
    through Django's ORM: what a user's query costs) and of ``{ me }`` (no
    database: what gqlws itself costs): results per second, p50 and p99.
-2. **Fan-out** to N subscribers of one room, spread over the edges,
+2. **Fan-out** to N subscribers of one room, spread over the edges, of
+   ``onNewChatMessage`` (``chat``: ``publish`` per subscriber, as it hides
+   one's own messages) and of ``onChatFeed`` (``feed``: a cohort, one
+   ``publish`` and one encoding per broadcast),
    half on ``graphql-transport-ws`` and half on ``graphql-ws``: K
    ``sendChatMessage`` broadcasts back to back, then some at a fixed rate (the
    same offered notifications per second for every server). Notifications
@@ -87,6 +90,7 @@ class Sizes:
     queries: int  # per connection count, shared by the connections
     query_kinds: tuple[str, ...]  # benchmarks.frames.QUERIES: "history" (database), "me"
     subscribers: tuple[int, ...]
+    subscriptions: tuple[str, ...]  # benchmarks.frames.SUBSCRIPTIONS: "chat", "feed" (cohort)
     broadcasts: int  # back to back; also the most sent at the fixed rate
     notification_rate: float  # offered notifications per second in the fixed-rate phase
     fixed_seconds: float  # how long the fixed-rate phase lasts (at least 3 broadcasts)
@@ -103,10 +107,11 @@ FULL = Sizes(
     connections=(1, 16, 64),
     queries=2000,
     query_kinds=("history", "me"),
-    subscribers=(1000, 5000),
+    subscribers=(1000, 4000),
+    subscriptions=("chat", "feed"),
     broadcasts=20,
     notification_rate=1000.0,
-    fixed_seconds=20.0,
+    fixed_seconds=10.0,
     warmup=5,
     deadline=600.0,
 )
@@ -115,6 +120,7 @@ QUICK = Sizes(
     queries=50,
     query_kinds=("history", "me"),
     subscribers=(20,),
+    subscriptions=("chat", "feed"),
     broadcasts=20,
     notification_rate=400.0,
     fixed_seconds=1.0,
@@ -240,20 +246,23 @@ def measure(target: Target, sizes: Sizes, log: Callable[[str], None]) -> dict[st
                 "deadline": sizes.deadline,
             }
             results["queries"].append(_attempt(spec, {"query": query, "connections": connections}))
-    for subscribers in sizes.subscribers:
-        rate, fixed = sizes.fixed_rate(subscribers)
-        log(f"{target.name}: fan-out to {subscribers} subscribers")
-        spec = {
-            "kind": "fanout",
-            "urls": target.urls,
-            "subscribers": subscribers,
-            "back_to_back": sizes.broadcasts,
-            "fixed_rate": fixed,
-            "rate": rate,
-            "edge_pids": target.edge_pids,
-            "deadline": sizes.deadline,
-        }
-        results["fanout"].append(_attempt(spec, {"subscribers": subscribers}))
+    for subscription in sizes.subscriptions:
+        for subscribers in sizes.subscribers:
+            rate, fixed = sizes.fixed_rate(subscribers)
+            log(f"{target.name}: fan-out of {subscription} to {subscribers} subscribers")
+            spec = {
+                "kind": "fanout",
+                "subscription": subscription,
+                "urls": target.urls,
+                "subscribers": subscribers,
+                "back_to_back": sizes.broadcasts,
+                "fixed_rate": fixed,
+                "rate": rate,
+                "edge_pids": target.edge_pids,
+                "deadline": sizes.deadline,
+            }
+            case = {"subscription": subscription, "subscribers": subscribers}
+            results["fanout"].append(_attempt(spec, case))
     results["loadavg_after"] = os.getloadavg()
     return results
 
@@ -312,7 +321,9 @@ def problems(results: dict[str, Any]) -> list[str]:
     for server, sections in results.items():
         for row in sections.get("queries", []) + sections.get("fanout", []):
             case = " ".join(
-                str(row[k]) for k in ("query", "connections", "subscribers") if k in row
+                str(row[k])
+                for k in ("query", "connections", "subscription", "subscribers")
+                if k in row
             )
             if "error" in row:
                 found.append(f"{server} {case}: {row['error'].splitlines()[-1]}")
@@ -374,12 +385,22 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
             ):
                 values = {s: get(r, key) for s, r in by_server.items()}
                 rows.append(("queries", case, metric, values))
-    for subscribers in sizes.subscribers:
-        by_server = pick("fanout", "subscribers", subscribers)
+    for subscription, subscribers in (
+        (sub, n) for sub in sizes.subscriptions for n in sizes.subscribers
+    ):
+        by_server = pick("fanout", ("subscription", "subscribers"), (subscription, subscribers))
         rate, fixed = sizes.fixed_rate(subscribers)
         for phase, section, case in (
-            ("back_to_back", "fan-out back to back", f"N={subscribers} x{sizes.broadcasts}"),
-            ("fixed_rate", "fan-out fixed rate", f"N={subscribers} x{fixed} @{rate:g}/s"),
+            (
+                "back_to_back",
+                "fan-out back to back",
+                f"{subscription} N={subscribers} x{sizes.broadcasts}",
+            ),
+            (
+                "fixed_rate",
+                "fan-out fixed rate",
+                f"{subscription} N={subscribers} x{fixed} @{rate:g}/s",
+            ),
         ):
             for metric, key in (
                 ("notif/s", "notifications_per_s"),
@@ -394,7 +415,7 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
                 (s, get(r, "memory", "bytes_per_connection")) for s, r in by_server.items()
             )
         }
-        rows.append(("memory (idle sub)", f"N={subscribers}", "KiB/conn", memory))
+        rows.append(("memory (idle sub)", f"{subscription} N={subscribers}", "KiB/conn", memory))
         checks = {}
         for server, row in by_server.items():
             if "error" in row:
@@ -405,7 +426,7 @@ def table(results: dict[str, Any], sizes: Sizes) -> str:
                 for k in ("lost", "duplicated", "out_of_order")
             ]
             checks[server] = "/".join(str(c) for c in counts)
-        rows.append(("correctness", f"N={subscribers}", "lost/dup/ooo", checks))
+        rows.append(("correctness", f"{subscription} N={subscribers}", "lost/dup/ooo", checks))
 
     header = ["section", "case", "metric", *servers, *(f"{s}/bare" for s in gqlws_servers)]
     lines = []

@@ -77,6 +77,34 @@ class OnNewChatMessage(gqlws.Subscription):
         return OnNewChatMessage(chatroom=chatroom, text=message.text, sender=message.sender)
 
 
+class OnChatFeed(gqlws.Subscription):
+    """Every new message in a chatroom, one's own included: the same for everyone.
+
+    Its notification does not depend on who receives it, so it declares a
+    cohort: per broadcast, ``publish`` runs once and the frame is rendered
+    and encoded once for all its subscribers. (``onNewChatMessage`` cannot:
+    it hides the sender's own messages, so it runs per subscriber.)
+    """
+
+    cohort = gqlws.Subscription.SAME_FOR_ALL
+
+    chatroom = graphene.String(required=True)
+    text = graphene.String(required=True)
+    sender = graphene.String(required=True)
+
+    class Arguments:
+        chatroom = graphene.String(required=True)
+
+    @staticmethod
+    def subscribe(root: Any, info: Any, chatroom: str) -> list[str]:
+        return [chatroom]
+
+    @staticmethod
+    def publish(payload: dict[str, Any], info: Any, chatroom: str) -> OnChatFeed:
+        message: Message = payload["message"]
+        return OnChatFeed(chatroom=chatroom, text=message.text, sender=message.sender)
+
+
 def _session_key(context: Any) -> str | None:
     session = context.get("session")
     return None if session is None else session.session_key
@@ -99,6 +127,7 @@ class SendChatMessage(graphene.Mutation, name="SendChatMessagePayload"):  # type
         )
         # The model instance itself travels (serialized with its fields).
         OnNewChatMessage.broadcast(group=chatroom, payload={"message": message})
+        OnChatFeed.broadcast(group=chatroom, payload={"message": message})
         return SendChatMessage(ok=True)
 
 
@@ -128,6 +157,7 @@ class Mutation(graphene.ObjectType):
 
 class Subscription(graphene.ObjectType):
     on_new_chat_message = OnNewChatMessage.Field()
+    on_chat_feed = OnChatFeed.Field()
 
 
 schema = graphene.Schema(query=Query, mutation=Mutation, subscription=Subscription)

@@ -75,6 +75,8 @@ Target = Callable[[Delivery], None]
 _GAP_RETRY_CAP = 15.0
 #: Seconds repair requests are collected before they are sent as batches.
 _REPAIR_BATCH_WAIT = 0.02
+#: Seconds before the repair of one offset is asked for again (presumed lost).
+_REPAIR_RETRY = 10.0
 
 _RepairKey = tuple[str, str, tuple[int, ...]]
 #: A subscription to repair: its id and its registration data.
@@ -93,6 +95,8 @@ class _Route:
     early: list[Delivery] = field(default_factory=list)
     #: Per group: (the ``last`` offset a gap check was scheduled at, attempts).
     gap_checks: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Per group: offset -> loop time its repair was last requested.
+    requested: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 def _repair_tasks(
@@ -329,9 +333,28 @@ class Edge:
         self._loop.call_later(delay, self._check_gap, sub_id, group, last)
 
     def _request_repair(self, sub_id: str, group: str, epoch: str, offsets: list[int]) -> None:
-        """Have ``offsets`` of ``group`` recomputed for ``sub_id``, batched with its peers."""
+        """Have ``offsets`` of ``group`` recomputed for ``sub_id``, batched with its peers.
+
+        An offset asked for less than ``_REPAIR_RETRY`` seconds ago is not
+        asked again: under load its repair waits in the workers' queue, and
+        every retry would queue one more (a worker killed mid-burst once
+        left ~3,000 repairs queued ahead of the clients' operations). After
+        that long, the request is presumed lost with its worker.
+        """
+        route = self._routes.get(sub_id)
+        if route is None or not offsets:
+            return
+        now = self._loop.time()
+        asked = route.requested.setdefault(group, {})
+        order = route.orders.get(group) if route.orders else None
+        if order is not None:
+            for done in [o for o in asked if o <= order.last]:
+                del asked[done]
+        offsets = [o for o in offsets if now - asked.get(o, -_REPAIR_RETRY) >= _REPAIR_RETRY]
         if not offsets:
             return
+        for offset in offsets:
+            asked[offset] = now
         self._repairs.setdefault((group, epoch, tuple(offsets)), []).append(sub_id)
         if self._repairs_due is None:
             self._repairs_due = self._loop.call_later(_REPAIR_BATCH_WAIT, self._send_repairs)

@@ -75,7 +75,11 @@ def test_queries_have_results_at_every_connection_count(
 @pytest.mark.parametrize("server", SERVERS)
 def test_fanout_loses_duplicates_and_reorders_nothing(report: dict[str, Any], server: str) -> None:
     rows = report["results"][server]["fanout"]
-    assert [row["subscribers"] for row in rows] == report["sizes"]["subscribers"]
+    sizes = report["sizes"]
+    assert [(row["subscription"], row["subscribers"]) for row in rows] == [
+        (subscription, n) for subscription in sizes["subscriptions"] for n in sizes["subscribers"]
+    ]
+    assert {row["subscription"] for row in rows} == {"chat", "feed"}  # per subscriber, cohort
     for row in rows:
         assert "error" not in row, row
         assert row["errors"] == 0, row["error_examples"]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import gqlws.edge as edge_module
 from broadcast import Delivery, DeliveryKind, EventKind, InMemoryFabric, Position
 from gqlws import runtime
 from gqlws.edge import Edge, _repair_tasks
@@ -185,3 +186,24 @@ async def test_a_worker_skips_the_repair_of_subscriptions_that_left_meanwhile() 
     # Undecodable data: rendering it would raise; a skipped member is never decoded.
     remote.renotify(fabric, "e1", "g", event.epoch, [event.offset], [("gone", b"\xc1")])
     assert delivered == []
+
+
+async def test_a_repair_is_not_asked_again_while_it_may_still_be_queued(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every retry of a repair still waiting in the workers' queue queued one
+    # more: a worker killed mid-burst once left ~3,000 of them.
+    sent: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(runtime, "renotify", lambda *args: sent.append(args))
+    position = (await edge.subscribe("s", ["g"], b"r", Recorder()))["g"]
+    first = edge.fabric.issue("g", EventKind.PUBLISH, b"1")
+    for _ in range(3):
+        edge._request_repair("s", "g", position.epoch, [first.offset])
+        edge._send_repairs()
+        await asyncio.gather(*edge._repairing)
+    assert len(sent) == 1
+    monkeypatch.setattr(edge_module, "_REPAIR_RETRY", 0.0)  # presumed lost: ask again
+    edge._request_repair("s", "g", position.epoch, [first.offset])
+    edge._send_repairs()
+    await asyncio.gather(*edge._repairing)
+    assert len(sent) == 2

@@ -186,6 +186,25 @@ async def test_two_anonymous_clients_without_cookies_see_each_others_messages(cl
     assert (await first_sub.next(timeout=30))["data"]["onNewChatMessage"]["text"] == "two"
 
 
+async def test_the_chat_feed_is_the_same_for_everyone_the_sender_included(clients: Any) -> None:
+    # onChatFeed declares a cohort: one publish per broadcast for all subscribers.
+    room = f"feed-{uuid.uuid4().hex[:8]}"
+    feed = "subscription($r: String!) { onChatFeed(chatroom: $r) { chatroom text sender } }"
+    first, second = await clients(0), await clients(1)
+    subs = [
+        await client.subscribe(feed, variables={"r": room}, wait_confirmation=False)
+        for client in (first, second)
+    ]
+    await first.execute(HISTORY, {"r": room})
+    await second.execute(HISTORY, {"r": room})
+    await first.execute(SEND, {"r": room, "t": "to everyone"})
+    expected = {
+        "data": {"onChatFeed": {"chatroom": room, "text": "to everyone", "sender": "Anonymous"}}
+    }
+    for sub in subs:
+        assert await sub.next(timeout=30) == expected
+
+
 def _http(url: str, *, data: Any = None, accept: str = "application/json") -> tuple[int, str, Any]:
     body = None if data is None else json.dumps(data).encode()
     request = urllib.request.Request(url, data=body, headers={"Accept": accept})
