@@ -115,6 +115,12 @@ def _repair_tasks(
             yield window, members[first : first + per_task]
 
 
+def _log_repair_failure(task: asyncio.Task[None]) -> None:
+    # The offsets stay marked as asked: they are asked again after _REPAIR_RETRY.
+    if not task.cancelled() and task.exception() is not None:
+        LOG.error("Requesting a repair failed; retrying later", exc_info=task.exception())
+
+
 class Edge:
     """Routes deliveries to the subscriptions of this loop's connections."""
 
@@ -366,6 +372,7 @@ class Edge:
             task = self._loop.create_task(self._repair(group, epoch, list(offsets), sub_ids))
             self._repairing.add(task)
             task.add_done_callback(self._repairing.discard)
+            task.add_done_callback(_log_repair_failure)
 
     async def _repair(self, group: str, epoch: str, offsets: list[int], sub_ids: list[str]) -> None:
         members = [

@@ -207,3 +207,20 @@ async def test_a_repair_is_not_asked_again_while_it_may_still_be_queued(
     edge._send_repairs()
     await asyncio.gather(*edge._repairing)
     assert len(sent) == 2
+
+
+async def test_a_repair_request_that_fails_is_logged_not_lost_silently(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broker_down(*args: Any) -> None:
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(runtime, "renotify", broker_down)
+    position = (await edge.subscribe("s", ["g"], b"r", Recorder()))["g"]
+    first = edge.fabric.issue("g", EventKind.PUBLISH, b"1")
+    edge._request_repair("s", "g", position.epoch, [first.offset])
+    edge._send_repairs()
+    await asyncio.gather(*edge._repairing, return_exceptions=True)
+    await asyncio.sleep(0)  # done-callbacks run on the next loop turn
+    assert "Requesting a repair failed" in caplog.text
+    assert "broker unreachable" in caplog.text
