@@ -15,7 +15,6 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,8 +30,6 @@ from gqlws.settings import Settings
 from tests.conftest import distributed_runtime
 from tests.processes import ROOT, free_port
 from tests.redis_server import RedisServer, redis_server
-
-SAMPLE = Path("/tmp/status_sample.txt")
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +274,6 @@ async def test_status_shows_both_edges_connections_and_subscriptions_per_class_a
         for pid in pids:
             assert edges[pid]["id"] in table
         assert on_event in table and f"  a-{tag}" in table and f"  room-{tag}" in table
-        SAMPLE.write_text(table)
     finally:
         for client in clients:
             await client.finalize()
