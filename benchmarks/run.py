@@ -20,7 +20,8 @@ the first run, the only one on a fresh server):
     the ceiling of the server, the machine and the load generator.
 ``embedded``
     the example chat (``example.asgi:application``), one Daphne process, a
-    temporary sqlite database (``GQLWS_EXAMPLE_DB``), no Redis, no Celery.
+    temporary sqlite database (``GQLWS_EXAMPLE_DB``), no Redis, no Celery,
+    ``DJANGO_DEBUG=0`` (as in production; both gqlws servers).
 ``distributed``
     the example chat on 2 Daphne edges, 2 Celery workers and a private Redis
     (``tests.cluster.Cluster(project="example")``).
@@ -81,6 +82,9 @@ __all__ = ["Sizes", "main"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("embedded", "distributed")
+#: The example as it runs in production: without Django's debug mode (which
+#: keeps every SQL query of every operation, with its timing).
+PRODUCTION = {"DJANGO_DEBUG": "0"}
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ def embedded_server(log_dir: Path, asgi: str) -> Iterator[Target]:
     env = child_env(
         DJANGO_SETTINGS_MODULE="example.settings",
         GQLWS_EXAMPLE_DB=str(log_dir / "embedded.sqlite3"),
+        **PRODUCTION,
     )
     done = subprocess.run(
         [sys.executable, "example/manage.py", "migrate", "--noinput"],
@@ -185,7 +190,7 @@ def distributed_server(log_dir: Path, asgi: str) -> Iterator[Target]:
         project="example",
         server=asgi,
         log_dir=log_dir,
-        env={"GQLWS_EXAMPLE_DB": str(log_dir / "distributed.sqlite3")},
+        env={"GQLWS_EXAMPLE_DB": str(log_dir / "distributed.sqlite3"), **PRODUCTION},
     ) as cluster:
         yield Target(
             "distributed",

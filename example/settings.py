@@ -62,8 +62,14 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.environ.get("GQLWS_EXAMPLE_DB", str(BASE_DIR / "db.sqlite3")),
-            # Edges and workers share the file: wait for a lock rather than fail.
-            "OPTIONS": {"timeout": 20},
+            "OPTIONS": {
+                # Edges and workers share the file: wait for a lock rather than fail.
+                "timeout": 20,
+                # Write-ahead log: readers do not wait for a writer, and a
+                # commit is one append instead of a journal file rewritten
+                # and synced each time (every chat message is a commit).
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
         }
     }
 # Persistent connections: each pool thread (and worker) keeps its database

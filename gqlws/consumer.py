@@ -34,6 +34,8 @@ from typing import Any, ClassVar
 
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.sessions import InstanceSessionWrapper
 from graphql import OperationType, ValidationRule
 
 from . import drain, logs, metrics, protocol, runtime
@@ -75,6 +77,26 @@ def _gone_errors() -> tuple[type[BaseException], ...]:
 
 
 _GONE = _gone_errors()
+
+#: Stateless: shared by every connection of an embedded edge.
+_EMBEDDED = EmbeddedExecutor()
+
+
+def _frame_sender(send: Any) -> Any:
+    """The ASGI ``send`` a WebSocket text frame can go straight to.
+
+    Channels' ``SessionMiddleware`` wraps ``send`` to save the session when
+    an HTTP response starts; a WebSocket frame passes through it untouched,
+    after a few attribute and session lookups, on every notification. Such
+    wrappers are skipped (only while they save on no WebSocket message
+    type); any other wrapper is kept.
+    """
+    while (
+        getattr(send, "__func__", None) is InstanceSessionWrapper.send
+        and "websocket.send" not in send.__self__.save_message_types
+    ):
+        send = send.__self__.real_send
+    return send
 
 
 def _close_reason(reason: str) -> str:
@@ -152,19 +174,43 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         #: Tasks ending subscriptions; the disconnect waits for them.
         self._ending: set[asyncio.Task[Any]] = set()
         self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._init_timer: asyncio.TimerHandle | None = None
+        #: ``settled`` futures of operations not yet settled (``_start``).
+        self._unsettled: set[asyncio.Future[None]] | None = None
+        self._frame_send: Any = None  # the ASGI send frames go to (``_send_text``)
         settings = runtime.settings()
         self._runner: Executor = (
-            CeleryExecutor(settings.OPERATION_TIMEOUT)
-            if settings.distributed
-            else EmbeddedExecutor()
+            CeleryExecutor(settings.OPERATION_TIMEOUT) if settings.distributed else _EMBEDDED
         )
         self._outbox = Outbox(
             self._send_text,
             self._send_close,
             limit=self.notification_queue_limit,
             policy=self.notification_queue_overflow,
-            spawn=lambda sending: self._spawn(sending, "outbox"),
+            spawn=self._spawn_sender,
         )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # Channels' loop (``await_many_dispatch``) wraps each receive in a
+        # new task and an ``asyncio.wait``, to listen to a channel layer as
+        # well. gqlws needs none: without one, a plain loop does the same
+        # (a task and a wait less per frame, ~3 KiB less per connection).
+        if get_channel_layer(self.channel_layer_alias) is not None:
+            await super().__call__(scope, receive, send)
+            return
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+                # A receive from a non-empty queue does not yield: without
+                # this, a client's burst of frames would hold the loop until
+                # it is all read, and tasks its frames started (on_connect)
+                # would run after all of them, as Channels' loop never did.
+                await asyncio.sleep(0)
+        except StopConsumer:
+            pass
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels' dispatch also closes stale DB connections on the loop for
@@ -223,7 +269,8 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         self._session = session
         await self.accept(session.subprotocol)
         self._log.connected(session.subprotocol, self.scope.get("path"))
-        self._spawn(self._init_timeout(), "init-timeout")
+        # A timer, not a sleeping task: cheaper, and cancelled once it is moot.
+        self._init_timer = loop.call_later(self.connection_init_wait_timeout, self._init_timed_out)
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self._session is None or self._closed:
@@ -253,8 +300,9 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self._closed = True
-        if self._keepalive_timer is not None:
-            self._keepalive_timer.cancel()
+        for timer in (self._keepalive_timer, self._init_timer):
+            if timer is not None:
+                timer.cancel()
         metrics.connection_closed(self._metrics_label, self._outbox.close_code, message.get("code"))
         ours = self._outbox.close_code  # None: the client closed (or the socket broke)
         self._log.closed(
@@ -290,8 +338,14 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
     # ---- Sending ------------------------------------------------------------
 
     async def _send_text(self, text: str) -> None:
+        # Every frame and every notification takes this path: straight to
+        # the ASGI send, past the consumer's own ``send`` wrappers and the
+        # session middleware's, which do nothing for a WebSocket frame.
+        send = self._frame_send
+        if send is None:
+            send = self._frame_send = _frame_sender(self.base_send)
         try:
-            await self.send(text_data=text)
+            await send({"type": "websocket.send", "text": text})
         except _GONE as error:
             raise Disconnected from error
 
@@ -338,6 +392,9 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         """A background task of this connection; a failure in it closes with 4500."""
         return self._tasks.spawn(self._guarded(coro), name=name)
 
+    def _spawn_sender(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        return self._spawn(coro, "outbox")
+
     async def _guarded(self, coro: Coroutine[Any, Any, Any]) -> None:
         try:
             await coro
@@ -352,13 +409,16 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
 
     # ---- Connection handshake ---------------------------------------------
 
-    async def _init_timeout(self) -> None:
-        await asyncio.sleep(self.connection_init_wait_timeout)
-        assert self._session is not None
-        self._apply(self._session.init_timeout())
+    def _init_timed_out(self) -> None:
+        self._init_timer = None
+        if self._session is not None and not self._closed:
+            self._apply(self._session.init_timeout())
 
     async def _authorize(self, payload: Any) -> None:
         assert self._session is not None
+        if self._init_timer is not None:  # connection_init came in time
+            self._init_timer.cancel()
+            self._init_timer = None
         try:
             ack_payload = await self.on_connect(payload)
         except Exception as error:
@@ -405,13 +465,23 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             return
         operation = Operation(op_id, payload)
         self._operations[op_id] = operation
+        # Ordered after the subscriptions sent before it: once a client has
+        # the answer to anything it sent after a subscribe, that
+        # subscription is live (the round trip the reference library's
+        # clients rely on), and its own mutations reach it.
+        if self._unsettled is None:
+            self._unsettled = set()
+        elif self._unsettled:
+            operation.after = list(self._unsettled)
+        operation.settled = asyncio.get_running_loop().create_future()
+        self._unsettled.add(operation.settled)
         if self.strict_ordering:
             if self._serial is None:
                 self._serial = asyncio.Queue()
                 self._spawn(self._run_serially(self._serial), "strict-ordering")
             self._serial.put_nowait(operation)
         else:
-            operation.task = self._spawn(self._run(operation), f"operation {op_id}")
+            self._run_in_task(operation)
 
     def _stop(self, op_id: str) -> None:
         operation = self._operations.pop(op_id, None)
@@ -433,9 +503,24 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         while True:
             operation = await queue.get()
             if not operation.active:
+                self._settle(operation)
                 continue
-            operation.task = self._spawn(self._run(operation), f"operation {operation.op_id}")
-            await asyncio.wait([operation.task])
+            await asyncio.wait([self._run_in_task(operation)])
+
+    def _run_in_task(self, operation: Operation) -> asyncio.Task[Any]:
+        task = operation.task = self._spawn(self._run(operation), f"operation {operation.op_id}")
+        # Settled however the task ends, even cancelled before it started.
+        task.add_done_callback(lambda _: self._settle(operation))
+        return task
+
+    def _settle(self, operation: Operation) -> None:
+        """``operation`` is no subscription still activating: later ones may go on."""
+        settled = operation.settled
+        if settled is not None:
+            operation.settled = None
+            settled.set_result(None)
+            if self._unsettled is not None:
+                self._unsettled.discard(settled)
 
     async def _run(self, operation: Operation) -> None:
         session = self._session
@@ -443,6 +528,9 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         finished = True
         kind, status, started = "unknown", "cancelled", time.perf_counter()  # for the metrics
         try:
+            if operation.after:
+                await asyncio.wait(operation.after)
+                operation.after = []
             payload = await self.on_operation(operation.op_id, operation.payload)
             try:
                 prepared = self._documents().prepare(payload["query"], payload.get("operationName"))
@@ -456,6 +544,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
                 finished = not await self._subscribe(operation, prepared, payload)
                 status = "ok" if not finished else "error" if operation.active else "cancelled"
                 return
+            self._settle(operation)
             context = OperationContext(self.scope, operation.op_id, prepared.operation_name)
             outcome = await self._runner.run(
                 self, "execute", prepared, payload.get("variables"), context
@@ -481,6 +570,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             )
             self._emit(operation, session.error(operation.op_id, errors))
         finally:
+            self._settle(operation)
             metrics.operation_finished(kind, status, started)
             if finished and self._operations.get(operation.op_id) is operation:
                 del self._operations[operation.op_id]

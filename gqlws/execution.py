@@ -35,6 +35,7 @@ import contextvars
 import functools
 import inspect
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -239,6 +240,32 @@ class _AwaitOnLoop:
         return result
 
 
+_managers: OrderedDict[tuple[int, ...], tuple[MiddlewareManager, tuple[Any, ...]]] = OrderedDict()
+_managers_lock = threading.Lock()
+
+
+def _middleware_manager(middleware: list[Any], run_async: RunAsync) -> MiddlewareManager:
+    """The middleware chain of an execution, built once per middleware and ``run_async``.
+
+    graphql-core wraps each field's resolver in the chain and caches the
+    wrapped resolver in the manager: a manager per execution would wrap
+    every field anew each time (the bulk of the chain's cost).
+    """
+    objects = (run_async, *middleware)
+    key = tuple(map(id, objects))  # middleware need not be hashable; kept alive below
+    with _managers_lock:
+        entry = _managers.get(key)
+        if entry is not None:
+            _managers.move_to_end(key)
+            return entry[0]
+    manager = MiddlewareManager(_offload_sync_resolvers, *middleware, _AwaitOnLoop(run_async))
+    with _managers_lock:
+        _managers[key] = (manager, objects)
+        while len(_managers) > 256:
+            _managers.popitem(last=False)
+    return manager
+
+
 def execute(
     schema: GraphQLSchema,
     prepared: PreparedOperation,
@@ -253,7 +280,6 @@ def execute(
 
     Must not be called from an event loop thread: it blocks.
     """
-    chain = [_offload_sync_resolvers, *middleware, _AwaitOnLoop(run_async)]
     result = graphql.execute(
         schema,
         prepared.document,
@@ -261,7 +287,7 @@ def execute(
         context_value=context,
         variable_values=variables,
         operation_name=prepared.operation_name,
-        middleware=MiddlewareManager(*chain),
+        middleware=_middleware_manager(middleware, run_async),
     )
     if inspect.isawaitable(result):
         # Only reachable if a resolver escaped the middleware chain; keep the
@@ -270,13 +296,29 @@ def execute(
     return result  # type: ignore[return-value]
 
 
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+_runners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RunAsync] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def run_on_loop(loop: asyncio.AbstractEventLoop) -> RunAsync:
-    """A ``run_async`` that runs awaitables on ``loop`` (from another thread) and waits."""
+    """A ``run_async`` that runs awaitables on ``loop`` (from another thread) and waits.
 
-    async def _await(awaitable: Awaitable[Any]) -> Any:
-        return await awaitable
+    One per loop, shared by every operation and subscription on it.
+    """
+    run_async = _runners.get(loop)
+    if run_async is None:
+        loop_ref = weakref.ref(loop)  # the cache must not keep the loop alive
 
-    def run_async(awaitable: Awaitable[Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(_await(awaitable), loop).result()
+        def run_async(awaitable: Awaitable[Any]) -> Any:
+            target = loop_ref()
+            if target is None:
+                raise RuntimeError("The event loop of this operation is gone")
+            return asyncio.run_coroutine_threadsafe(_await(awaitable), target).result()
 
+        _runners[loop] = run_async
     return run_async

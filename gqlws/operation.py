@@ -39,6 +39,11 @@ class Operation:
     active: bool = field(default=True)
     #: Set once a subscription is registered and live.
     subscription: LiveSubscription | None = None
+    #: Done once this operation is known not to be a subscription, or is
+    #: live, or failed: operations the client sent later wait for it.
+    settled: asyncio.Future[None] | None = None
+    #: The ``settled`` futures of operations sent before this one, then unsettled.
+    after: list[asyncio.Future[None]] = field(default_factory=list)
 
     def cancel(self) -> None:
         self.active = False

@@ -1,10 +1,14 @@
 """``Outbox``: the bounded outgoing queue of one connection.
 
-Every frame for the client goes through it, in order, drained by one sender
-task, so a socket that writes slowly never blocks whoever produces frames
-(the read loop, a finished operation, the delivery of a notification). The
-sender task lives only while frames wait: queueing into an idle outbox
-starts one, and it ends when the queue is empty.
+Every frame for the client goes through it, in order, and a socket that
+writes slowly never blocks whoever produces frames (the read loop, a
+finished operation, the delivery of a notification). Queueing into an idle
+outbox sends at once, in the caller's call, for as long as the transport
+takes frames without making the sender wait (Daphne always does; uvicorn
+until its write buffer fills): no task per frame, which is most of what a
+notification to an idle subscriber would otherwise cost. The first send
+that must wait continues in a sender task, which sends the rest and ends
+when the queue is empty.
 Replies (acks, results, errors, completes) are always queued; the bound
 applies to *notifications*, the frames a client can fall behind on. When a
 client lets ``limit`` notifications pile up, the policy decides:
@@ -21,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Literal
 
 from . import metrics
@@ -46,7 +51,7 @@ class Outbox:
 
     def __init__(
         self,
-        send: Callable[[str], Awaitable[None]],
+        send: Callable[[str], Coroutine[Any, Any, None]],
         close: Callable[[int, str], Awaitable[None]],
         *,
         limit: int,
@@ -72,6 +77,7 @@ class Outbox:
         # and no event, ~2 KiB less per socket than a sender that waits.
         self._spawn = spawn or (lambda coro: asyncio.get_running_loop().create_task(coro))
         self._sender: asyncio.Task[Any] | None = None
+        self._pumping = False  # sending inline (guards against re-entry from a send)
         self._started = False
         self._finished = False
         #: Notifications dropped by the "drop_oldest" policy.
@@ -152,17 +158,57 @@ class Outbox:
             await asyncio.wait([self._sender], timeout=timeout)
 
     def _kick(self) -> None:
-        if not self._started or self._finished:
+        if not self._started or self._finished or self._pumping:
             return
         if self._sender is None or self._sender.done():
-            self._sender = self._spawn(self._send_queued())
+            self._pump()
 
-    async def _send_queued(self) -> None:
-        """Send until the queue is empty (then end: the next frame starts a new sender)."""
+    def _pump(self) -> None:
+        """Send what is queued now, until a send has to wait; it then goes on in a task."""
+        self._pumping = True
+        try:
+            while self._frames:
+                is_notification, text, issued_at = self._frames.popleft()
+                if is_notification:
+                    self._notifications -= 1
+                sending = self._send(text)
+                try:
+                    awaited = sending.send(None)
+                except StopIteration:
+                    if is_notification:
+                        metrics.notification_sent(issued_at)
+                    continue
+                except Disconnected:
+                    self._gone()
+                    return
+                except BaseException as error:
+                    # Raised where a sender task would raise it: the owner's
+                    # spawn reports it (a connection closes with 1011).
+                    self._sender = self._spawn(_raise(error))
+                    return
+                # The transport made the send wait: finish it, then the rest, in a task.
+                self._sender = self._spawn(
+                    self._send_queued((sending, awaited, is_notification, issued_at))
+                )
+                return
+            if self._closing is not None:
+                self._sender = self._spawn(self._send_queued())
+        finally:
+            self._pumping = False
+
+    async def _send_queued(
+        self, waiting: tuple[Coroutine[Any, Any, None], Any, bool, float | None] | None = None
+    ) -> None:
+        """Send until the queue is empty (then end: the next frame is sent inline again)."""
         # Frames queued while a send is awaited are taken by this loop; the
         # check for an empty queue and the return happen in one step, so a
-        # frame queued after it finds this task done and starts another.
+        # frame queued after it finds this task done and is sent inline.
         try:
+            if waiting is not None:
+                sending, awaited, is_notification, issued_at = waiting
+                await _resume(sending, awaited)
+                if is_notification:
+                    metrics.notification_sent(issued_at)
             while self._frames:
                 is_notification, text, issued_at = self._frames.popleft()
                 if is_notification:
@@ -174,10 +220,44 @@ class Outbox:
                 self._finished = True
                 await self._close(*self._closing)
         except Disconnected:
-            # The client went away between two frames: an ordinary end of a
-            # connection (its disconnect follows), not an error to report.
-            LOG.debug("Socket gone with %d frames unsent", len(self._frames))
-            self._closing = self._closing or (1006, "Gone")
-            self._finished = True
-            self._frames.clear()
-            self._notifications = 0
+            self._gone()
+
+    def _gone(self) -> None:
+        # The client went away between two frames: an ordinary end of a
+        # connection (its disconnect follows), not an error to report.
+        LOG.debug("Socket gone with %d frames unsent", len(self._frames))
+        self._closing = self._closing or (1006, "Gone")
+        self._finished = True
+        self._frames.clear()
+        self._notifications = 0
+
+
+@types.coroutine
+def _resume(sending: Coroutine[Any, Any, None], awaited: Any) -> Generator[Any, Any, None]:
+    """Go on awaiting a coroutine already started by hand, as ``await`` would.
+
+    ``sending.send(None)`` ran it up to its first wait and gave back what it
+    waits for (``awaited``, a future as a rule); handed on to the task that
+    awaits this, the task resumes the coroutine when that is done, and
+    passes cancellation into it.
+    """
+    while True:
+        try:
+            received = yield awaited
+        except GeneratorExit:
+            sending.close()
+            raise
+        except BaseException as error:
+            try:
+                awaited = sending.throw(error)
+            except StopIteration:
+                return
+        else:
+            try:
+                awaited = sending.send(received)
+            except StopIteration:
+                return
+
+
+async def _raise(error: BaseException) -> None:
+    raise error

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import weakref
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -68,11 +70,13 @@ async def run_in_pool(
     to an asyncio one with a done-callback registered from the loop, under
     the future's lock, which the pool thread holds while it finishes; the
     loop then waits for the lock and the GIL once per operation (~20 us,
-    measured). Here the job itself hands its outcome to the loop, once.
+    measured). Here the job itself hands its outcome to the loop, batched
+    with other jobs' outcomes (``_Inbox``).
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
     context = contextvars.copy_context()
+    inbox = _inbox(loop)
 
     def job() -> None:
         if future.cancelled():  # a stale read at worst: the outcome is then dropped
@@ -80,24 +84,56 @@ async def run_in_pool(
         try:
             result = context.run(_framed, func, *args, **kwargs)
         except BaseException as error:  # handed to the awaiting task, like run_in_executor
-            _hand_over(loop, future, None, error)
+            inbox.put(future, None, error)
         else:
-            _hand_over(loop, future, result, None)
+            inbox.put(future, result, None)
 
     executor.submit(job)
     return await future
 
 
-def _hand_over(
-    loop: asyncio.AbstractEventLoop,
-    future: asyncio.Future[Any],
-    result: Any,
-    error: BaseException | None,
-) -> None:
-    try:
-        loop.call_soon_threadsafe(_settle, future, result, error)
-    except RuntimeError:
-        pass  # the loop closed meanwhile: nobody awaits the outcome any more
+class _Inbox:
+    """Outcomes of pool jobs waiting for one event loop, handed over in batches.
+
+    ``call_soon_threadsafe`` writes to the loop's wake-up socket on every
+    call: a system call per operation, and a wake-up of the loop. Jobs that
+    finish while the loop has not yet taken the previous outcomes add theirs
+    to the same batch instead. (The GIL makes the deque operations and the
+    flag safe; a race can schedule a second, empty drain, never lose an
+    outcome: an outcome is queued before the flag is read.)
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = weakref.ref(loop)  # the registry of inboxes must not keep loops alive
+        self.outcomes: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
+        self.scheduled = False
+
+    def put(self, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+        self.outcomes.append((future, result, error))
+        if not self.scheduled:
+            self.scheduled = True
+            loop = self.loop()
+            try:
+                if loop is not None:
+                    loop.call_soon_threadsafe(self.drain)
+            except RuntimeError:
+                pass  # the loop closed meanwhile: nobody awaits the outcome any more
+
+    def drain(self) -> None:
+        self.scheduled = False
+        outcomes = self.outcomes
+        while outcomes:
+            _settle(*outcomes.popleft())
+
+
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
+
+
+def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
+    inbox = _inboxes.get(loop)
+    if inbox is None:
+        inbox = _inboxes[loop] = _Inbox(loop)
+    return inbox
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

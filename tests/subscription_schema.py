@@ -63,14 +63,21 @@ class OnEvent(gqlws.Subscription):
 
     class Arguments:
         group = graphene.String()
-        sleep_ms = graphene.Int(default_value=0)
+        sleep_ms = graphene.Int(default_value=0)  # publish sleeps up to this
+        subscribe_ms = graphene.Int(default_value=0)  # subscribe sleeps this long
 
     @staticmethod
-    def subscribe(root: Any, info: Any, group: str | None = None, sleep_ms: int = 0) -> Any:
+    def subscribe(
+        root: Any, info: Any, group: str | None = None, sleep_ms: int = 0, subscribe_ms: int = 0
+    ) -> Any:
+        if subscribe_ms:
+            time.sleep(subscribe_ms / 1000)
         return None if group is None else [group]
 
     @staticmethod
-    def publish(payload: Any, info: Any, group: str | None = None, sleep_ms: int = 0) -> Any:
+    def publish(
+        payload: Any, info: Any, group: str | None = None, sleep_ms: int = 0, subscribe_ms: int = 0
+    ) -> Any:
         PublishConcurrency.enter()
         try:
             if sleep_ms:
@@ -89,7 +96,9 @@ class OnEvent(gqlws.Subscription):
         )
 
     @staticmethod
-    def unsubscribed(root: Any, info: Any, group: str | None = None, sleep_ms: int = 0) -> None:
+    def unsubscribed(
+        root: Any, info: Any, group: str | None = None, sleep_ms: int = 0, subscribe_ms: int = 0
+    ) -> None:
         UNSUBSCRIBED.append(("OnEvent", group))
 
 
@@ -102,21 +111,22 @@ class OnChatMessage(gqlws.Subscription):
 
     class Arguments:
         chatroom = graphene.String(required=True)
+        subscribe_ms = graphene.Int(default_value=0)  # subscribe takes this long
 
     @staticmethod
-    async def subscribe(root: Any, info: Any, chatroom: str) -> list[str]:
-        await asyncio.sleep(0)
+    async def subscribe(root: Any, info: Any, chatroom: str, subscribe_ms: int = 0) -> list[str]:
+        await asyncio.sleep(subscribe_ms / 1000)
         return [chatroom]
 
     @staticmethod
-    async def publish(payload: Any, info: Any, chatroom: str) -> Any:
+    async def publish(payload: Any, info: Any, chatroom: str, subscribe_ms: int = 0) -> Any:
         await asyncio.sleep(0)
         if payload["sender"] == info.context.get("name"):
             return OnChatMessage.SKIP
         return OnChatMessage(chatroom=chatroom, text=payload["text"], sender=payload["sender"])
 
     @staticmethod
-    async def unsubscribed(root: Any, info: Any, chatroom: str) -> None:
+    async def unsubscribed(root: Any, info: Any, chatroom: str, subscribe_ms: int = 0) -> None:
         UNSUBSCRIBED.append(("OnChatMessage", chatroom))
 
 

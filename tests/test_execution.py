@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
+from typing import Any
 
 import pytest
 from graphql import OperationType
@@ -88,3 +90,43 @@ def test_execute_runs_sync_resolvers_in_the_calling_thread_and_async_ones_on_the
     assert isinstance(data, dict)
     assert data["loopThreadName"] == threading.main_thread().name
     assert data["threadName"] != threading.main_thread().name
+
+
+def test_each_field_s_resolver_is_wrapped_in_the_middleware_once_not_per_execution() -> None:
+    gql = graphql_schema(schema)
+    prepared = DocumentCache(gql).prepare("{ threadName }")
+    seen: list[str] = []
+
+    def tracing(next_: Any, root: Any, info: Any, **args: Any) -> Any:
+        seen.append(info.field_name)
+        return next_(root, info, **args)
+
+    wrapped: list[object] = []
+    original = functools.partial
+
+    def run() -> object:
+        return execute(
+            gql, prepared, variables=None, context={}, middleware=[tracing], run_async=run_async
+        )
+
+    async def main() -> None:
+        nonlocal run_async
+        run_async = run_on_loop(asyncio.get_running_loop())
+        for _ in range(3):
+            result = await asyncio.to_thread(run)
+            assert format_result(result)["data"]["threadName"]  # type: ignore[arg-type,index]
+
+    run_async: Any = None
+    import graphql.execution.middleware as middleware_module
+
+    def counting_partial(*args: Any, **kwargs: Any) -> Any:
+        wrapped.append(args[0])
+        return original(*args, **kwargs)
+
+    middleware_module.partial = counting_partial  # type: ignore[assignment]
+    try:
+        asyncio.run(main())
+    finally:
+        middleware_module.partial = original  # type: ignore[assignment]
+    assert seen == ["threadName"] * 3  # the middleware runs in every execution
+    assert len(wrapped) == 3  # the chain of three was built for the field once

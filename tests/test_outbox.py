@@ -1,14 +1,17 @@
-"""The outgoing queue of a connection: order, and a client that leaves mid-send."""
+"""The outgoing queue of a connection: order, inline sends, a client that leaves mid-send."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 from autobahn.exception import Disconnected as AutobahnDisconnected
+from channels.sessions import InstanceSessionWrapper
 
-from gqlws.consumer import GraphqlWsConsumer
+from gqlws.consumer import GraphqlWsConsumer, _frame_sender
 from gqlws.outbox import Disconnected, Outbox
 
 
@@ -82,3 +85,120 @@ async def test_frames_go_out_in_order_and_an_idle_outbox_holds_no_sender_task() 
     outbox.notify("ignored after close")
     await outbox.flushed(timeout=5)
     assert sent[3:] == ["3", "close 1000 bye"]
+
+
+async def test_a_send_that_completes_at_once_is_made_inline_without_a_task() -> None:
+    sent: list[str] = []
+
+    async def send(text: str) -> None:  # Daphne's: never waits
+        sent.append(text)
+
+    async def close(code: int, reason: str) -> None:
+        sent.append(f"close {code}")
+
+    spawned: list[object] = []
+
+    def spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[Any]:
+        spawned.append(coro)
+        return asyncio.get_running_loop().create_task(coro)
+
+    outbox = Outbox(send, close, limit=10, spawn=spawn)
+    outbox.start()
+    for n in range(100):
+        outbox.notify(str(n))
+    assert sent == [str(n) for n in range(100)]  # sent within the calls
+    assert spawned == [] and outbox._sender is None
+    outbox.close(1000, "bye")  # the close itself goes through a task
+    await outbox.flushed(timeout=5)
+    assert sent[-1] == "close 1000" and len(spawned) == 1
+
+
+async def test_a_send_that_must_wait_goes_on_in_a_task_and_keeps_the_order() -> None:
+    sent: list[str] = []
+    gates: dict[str, asyncio.Event] = {"2": asyncio.Event()}
+
+    async def send(text: str) -> None:
+        gate = gates.get(text)
+        if gate is not None:
+            await gate.wait()  # the transport applies backpressure on this frame
+        sent.append(text)
+
+    async def close(code: int, reason: str) -> None:
+        sent.append("close")
+
+    outbox = Outbox(send, close, limit=10)
+    outbox.start()
+    for n in range(1, 4):
+        outbox.notify(str(n))
+    assert sent == ["1"] and outbox._sender is not None and not outbox._sender.done()
+    outbox.notify("4")  # queued behind the waiting send
+    gates["2"].set()
+    await outbox.flushed(timeout=5)
+    assert sent == ["1", "2", "3", "4"]
+    outbox.notify("5")  # inline again
+    assert sent[-1] == "5"
+
+
+async def test_a_task_cancelled_during_a_waiting_send_cancels_that_send() -> None:
+    cancelled = asyncio.Event()
+
+    async def send(text: str) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def close(code: int, reason: str) -> None:
+        pass
+
+    outbox = Outbox(send, close, limit=10)
+    outbox.start()
+    outbox.notify("slow")
+    assert outbox._sender is not None
+    await asyncio.sleep(0)
+    outbox._sender.cancel()
+    await asyncio.wait([outbox._sender], timeout=5)
+    assert cancelled.is_set() and outbox._sender.cancelled()
+
+
+async def test_an_inline_send_that_fails_raises_in_a_task_of_the_owner() -> None:
+    async def send(text: str) -> None:
+        raise ValueError("a bug in a send")
+
+    async def close(code: int, reason: str) -> None:
+        pass
+
+    outbox = Outbox(send, close, limit=10)
+    outbox.start()
+    outbox.notify("x")  # does not raise into the caller (a delivery, a reply)
+    assert outbox._sender is not None
+    with pytest.raises(ValueError, match="a bug in a send"):
+        await outbox._sender
+
+
+async def test_frames_skip_the_session_middleware_s_send_but_no_other_wrapper() -> None:
+    # Channels' SessionMiddleware saves sessions on HTTP responses only: a
+    # WebSocket frame goes to the send it wraps. Other wrappers stay.
+    received: list[dict[str, Any]] = []
+
+    async def asgi_send(message: dict[str, Any]) -> None:
+        received.append(message)
+
+    wrapper = InstanceSessionWrapper({"cookies": {}}, asgi_send)
+    assert _frame_sender(wrapper.send) is asgi_send
+    consumer = GraphqlWsConsumer()
+    consumer.base_send = wrapper.send
+    await consumer._send_text("{}")
+    assert received == [{"type": "websocket.send", "text": "{}"}]
+
+    async def other_wrapper(message: dict[str, Any]) -> None:
+        await wrapper.send(message)
+
+    assert _frame_sender(other_wrapper) is other_wrapper
+
+    class SavesOnFrames(InstanceSessionWrapper):
+        save_message_types = ["http.response.start", "websocket.send"]
+
+    saving = SavesOnFrames({"cookies": {}}, asgi_send)
+    assert _frame_sender(saving.send) == saving.send

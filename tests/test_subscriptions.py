@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -244,6 +245,45 @@ async def test_without_confirmation_no_message_precedes_the_first_notification(
     await wait_until(lambda: group_subscribers("noconfirm") == 1)
     await OnEvent.broadcast(group="noconfirm", payload={"seq": 5})
     assert await sub.next(timeout=5) == {"data": {"onEvent": {"event": None, "seq": 5}}}
+
+
+async def test_what_a_client_sends_after_a_subscribe_is_answered_once_the_subscription_is_live(
+    mode: str,
+    client_factory: MakeClient,
+) -> None:
+    # Without confirmations, clients of the reference library make a round
+    # trip after subscribing; its answer must mean the subscription is live,
+    # however long ``subscribe`` takes (a worker's round trip in distributed mode).
+    client = await client_factory("subscriptions/")
+    group = f"after-{uuid.uuid4().hex[:8]}"
+    slow = "subscription($g: String) { onEvent(group: $g, subscribeMs: 400) { seq } }"
+    sub = await client.subscribe(slow, variables={"g": group}, wait_confirmation=False)
+    started = time.monotonic()
+    assert await client.execute("{ hello }") == {"data": {"hello": "Hello, world!"}}
+    assert time.monotonic() - started >= 0.3  # it waited for the subscription
+    assert group_subscribers(group) == 1
+    await OnEvent.broadcast(group=group, payload={"seq": 1})
+    assert await sub.next(timeout=10) == {"data": {"onEvent": {"seq": 1}}}
+    # Later operations do not wait once nothing is activating.
+    started = time.monotonic()
+    await client.execute("{ hello }")
+    assert time.monotonic() - started < 0.3
+
+
+async def test_a_mutation_sent_right_after_a_subscribe_is_notified_to_it(
+    mode: str,
+    client_factory: MakeClient,
+) -> None:
+    client = await client_factory("subscriptions/")
+    room = f"own-{uuid.uuid4().hex[:8]}"
+    slow = (
+        "subscription($room: String!) { onChatMessage(chatroom: $room, subscribeMs: 400) { text } }"
+    )
+    sub = await client.subscribe(slow, variables={"room": room}, wait_confirmation=False)
+    assert await client.execute(SEND, {"room": room, "text": "first"}) == {
+        "data": {"sendChatMessage": {"ok": True}}
+    }
+    assert await sub.next(timeout=10) == {"data": {"onChatMessage": {"text": "first"}}}
 
 
 async def test_the_confirmation_message_is_configurable(

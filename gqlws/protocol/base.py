@@ -28,6 +28,7 @@ to a run the client is no longer interested in).
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -177,6 +178,10 @@ def decode_frame(text: str | None, data: bytes | None) -> dict[str, Any]:
     return message
 
 
+#: An operation id as a JSON string, spliced into each of its notifications.
+_json_string = functools.lru_cache(maxsize=4096)(json.dumps)
+
+
 def encode(message: dict[str, Any]) -> str:
     """One server message as the text of a frame (compact JSON)."""
     return json.dumps(message, separators=(",", ":"))
@@ -243,7 +248,8 @@ class ProtocolSession(ABC):
         """
         if op_id not in self.operations:
             return None
-        return f'{{"id":{json.dumps(op_id)},"type":"{self.result_type}","payload":{payload_json}}}'
+        op = _json_string(op_id)
+        return f'{{"id":{op},"type":"{self.result_type}","payload":{payload_json}}}'
 
     @abstractmethod
     def error(self, op_id: str, errors: list[dict[str, Any]]) -> list[Action]:
