@@ -23,6 +23,7 @@ import django.contrib.auth
 import graphene
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from django.conf import settings as django_settings
 
 import gqlws
 from example.chat.models import Message
@@ -169,6 +170,7 @@ class ChatGraphqlWsConsumer(gqlws.GraphqlWsConsumer):
     schema = schema
     send_keepalive_every = 30
     confirm_subscriptions = False
+    rate_limit = django_settings.GQLWS_EXAMPLE_RATE_LIMIT or None
 
     async def on_connect(self, payload: Any) -> None:
         session = self.scope.get("session")

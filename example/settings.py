@@ -10,7 +10,10 @@ the environment, so the same project runs distributed (docker-compose.yml):
   the sqlite file);
 * ``DJANGO_ALLOWED_HOSTS`` (comma-separated), ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``,
   ``DJANGO_CONN_MAX_AGE`` (seconds a database connection is reused; 0: one per
-  operation, as Django does per request by default).
+  operation, as Django does per request by default);
+* ``GQLWS_EXAMPLE_RATE_LIMIT``: messages per second a connection may send
+  (gqlws's default, 500, in bursts of 1,000); 0 turns the limit off (the
+  benchmarks do: one socket's closed loop of queries outruns it).
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ for _database in DATABASES.values():
     _database["CONN_MAX_AGE"] = int(os.environ.get("DJANGO_CONN_MAX_AGE", "60"))
     _database["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+GQLWS_EXAMPLE_RATE_LIMIT = float(os.environ.get("GQLWS_EXAMPLE_RATE_LIMIT", "500"))
 
 # Distributed mode by configuration: set GQLWS_REDIS_URL (and run Celery
 # workers with `celery -A workers worker -Q gqlws`) to serve the same
