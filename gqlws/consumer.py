@@ -570,7 +570,6 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             )
             self._emit(operation, session.error(operation.op_id, errors))
         finally:
-            self._settle(operation)
             metrics.operation_finished(kind, status, started)
             if finished and self._operations.get(operation.op_id) is operation:
                 del self._operations[operation.op_id]
