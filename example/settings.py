@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import django
+
 BASE_DIR = Path(__file__).resolve().parent
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "gqlws-example-not-secret")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
@@ -65,16 +67,17 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.environ.get("GQLWS_EXAMPLE_DB", str(BASE_DIR / "db.sqlite3")),
-            "OPTIONS": {
-                # Edges and workers share the file: wait for a lock rather than fail.
-                "timeout": 20,
-                # Write-ahead log: readers do not wait for a writer, and a
-                # commit is one append instead of a journal file rewritten
-                # and synced each time (every chat message is a commit).
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-            },
+            # Edges and workers share the file: wait for a lock rather than fail.
+            "OPTIONS": {"timeout": 20},
         }
     }
+    if django.VERSION >= (5, 1):  # SQLite's init_command option came with Django 5.1
+        # Write-ahead log: readers do not wait for a writer, and a commit is
+        # one append instead of a journal file rewritten and synced each time
+        # (every chat message is a commit).
+        DATABASES["default"]["OPTIONS"]["init_command"] = (
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+        )
 # Persistent connections: each pool thread (and worker) keeps its database
 # connection for a minute instead of opening one per operation, which cost
 # the sqlite example ~40% of a query's time (connect + close). Health checks
