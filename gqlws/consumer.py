@@ -471,7 +471,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         # clients rely on), and its own mutations reach it.
         if self._unsettled is None:
             self._unsettled = set()
-        elif self._unsettled:
+        else:
             operation.after = list(self._unsettled)
         operation.settled = asyncio.get_running_loop().create_future()
         self._unsettled.add(operation.settled)
@@ -509,9 +509,14 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
 
     def _run_in_task(self, operation: Operation) -> asyncio.Task[Any]:
         task = operation.task = self._spawn(self._run(operation), f"operation {operation.op_id}")
-        # Settled however the task ends, even cancelled before it started.
-        task.add_done_callback(lambda _: self._settle(operation))
+        task.add_done_callback(lambda _: self._ran(operation))
         return task
+
+    def _ran(self, operation: Operation) -> None:
+        # Settled however the task ends, even cancelled before it started. A
+        # live subscription outlives its task: it keeps no finished task.
+        operation.task = None
+        self._settle(operation)
 
     def _settle(self, operation: Operation) -> None:
         """``operation`` is no subscription still activating: later ones may go on."""
@@ -521,6 +526,8 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             settled.set_result(None)
             if self._unsettled is not None:
                 self._unsettled.discard(settled)
+                if not self._unsettled:
+                    self._unsettled = None  # nothing to wait for (and no empty set kept)
 
     async def _run(self, operation: Operation) -> None:
         session = self._session

@@ -42,12 +42,9 @@ _SENDABLE = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 
 
 def _buffered(transport: Any) -> int:
     """Bytes a Twisted transport holds for its peer (0 if it cannot tell)."""
-    pending = getattr(transport, "_tempDataLen", 0)
-    buffer = getattr(transport, "dataBuffer", b"")
-    offset = getattr(transport, "offset", 0)
     try:
-        return int(pending) + len(buffer) - int(offset)
-    except TypeError:
+        return int(transport._tempDataLen) + len(transport.dataBuffer) - int(transport.offset)
+    except (AttributeError, TypeError):
         return 0
 
 
@@ -68,7 +65,8 @@ def patch_daphne(max_send_buffer: int | None = None) -> bool:
     original = protocol.handle_reply
 
     def handle_reply(self: Any, message: dict[str, Any]) -> Any:
-        if message.get("type") == "websocket.close" and self.state != self.STATE_CONNECTING:
+        kind = message.get("type")
+        if kind == "websocket.close" and self.state != self.STATE_CONNECTING:
             code = message.get("code") or 1000
             if code in _SENDABLE:
                 reason = message.get("reason") or ""
@@ -77,7 +75,7 @@ def patch_daphne(max_send_buffer: int | None = None) -> bool:
                 )
                 return None
         result = original(self, message)
-        if message.get("type") == "websocket.send":
+        if kind == "websocket.send":
             limit = _limits["max_send_buffer"]
             buffered = _buffered(getattr(self, "transport", None))
             if limit and buffered > limit:

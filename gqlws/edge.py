@@ -44,6 +44,7 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 import weakref
@@ -133,6 +134,7 @@ class Edge:
         self.fabric = fabric
         self.gap_wait = runtime.settings().GAP_WAIT
         self._loop = loop
+        self._loop_thread = threading.get_ident()  # made on its loop (Edge.current)
         self._routes: dict[str, _Route] = {}
         self._replies: dict[str, asyncio.Future[bytes]] = {}
         #: Deliveries dropped as duplicates (a fan-out that ran twice).
@@ -248,10 +250,15 @@ class Edge:
     # ---- Routing -----------------------------------------------------------------
 
     def _sink(self, deliveries: Sequence[Delivery | Reply]) -> None:
-        # Called from fan-out threads and stream readers: hop onto the loop.
+        # Called from fan-out threads, and from the stream reader on the loop
+        # itself (no wake-up of the loop through its self-pipe then): routed
+        # in a callback of their own on the loop either way.
         metrics.deliveries_arrived(deliveries)
         try:
-            self._loop.call_soon_threadsafe(self._arrived, deliveries)
+            if threading.get_ident() == self._loop_thread:
+                self._loop.call_soon(self._arrived, deliveries)
+            else:
+                self._loop.call_soon_threadsafe(self._arrived, deliveries)
         except RuntimeError:  # the loop is closed: this edge is gone
             metrics.deliveries_routed(len(deliveries))
             self.fabric.detach_edge(self.edge_id)

@@ -195,6 +195,52 @@ async def test_a_notification_counts_as_delivered_with_its_latency_and_a_skip_as
     assert since("gqlws_fanout_deliveries_total", kind="skip") == 1
 
 
+async def test_notifications_sent_in_one_loop_turn_are_recorded_together_at_the_next() -> None:
+    since = Since()
+    issued_at = time.time() - 0.2  # 200 ms ago: the 0.25 s bucket, not the 0.1 s one
+    for _ in range(300):
+        metrics.notification_sent(issued_at)
+    metrics.notification_sent(None)  # counted, no latency
+    assert since("gqlws_notifications_total", outcome="delivered") == 0  # same turn
+    await asyncio.sleep(0)
+    assert since("gqlws_notifications_total", outcome="delivered") == 301
+    assert since("gqlws_notification_latency_seconds_count") == 300
+    assert since("gqlws_notification_latency_seconds_bucket", le="0.1") == 0
+    assert since("gqlws_notification_latency_seconds_bucket", le="0.25") == 300
+    assert 300 * 0.2 <= since("gqlws_notification_latency_seconds_sum") < 300 * 0.25
+
+
+def test_a_notification_sent_without_a_loop_is_recorded_at_once() -> None:
+    since = Since()
+    metrics.notification_sent(time.time())
+    assert since("gqlws_notifications_total", outcome="delivered") == 1
+    assert since("gqlws_notification_latency_seconds_count") == 1
+
+
+def test_observe_many_records_what_observing_each_value_records() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    one_by_one = Histogram("one", "one", buckets=(0.001, 0.01, 1), registry=registry)
+    together = Histogram("many", "many", buckets=(0.001, 0.01, 1), registry=registry)
+    values = [0.0, 0.001, 0.0011, 0.01, 0.5, 1.0, 7.0, -1.0]
+    for v in values:
+        one_by_one.observe(max(0.0, v))
+    metrics.observe_many(together, values)
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name.removeprefix(name), s.labels, s.value)
+            for family in registry.collect()
+            if family.name == name
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples("one") == samples("many")
+    assert ("_count", {}, 8.0) in samples("many")
+
+
 @pytest.fixture
 def slow_gate() -> Iterator[asyncio.Event]:
     """Clear it and the sockets of ``SlowSocketConsumer`` stop writing."""

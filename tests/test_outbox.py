@@ -59,7 +59,7 @@ async def test_the_consumer_reports_a_server_s_send_on_a_closed_socket_as_discon
         await consumer._send_close(1000, "")
 
 
-async def test_frames_go_out_in_order_and_an_idle_outbox_holds_no_sender_task() -> None:
+async def test_frames_go_out_in_order_and_an_idle_outbox_holds_no_sender_task_nor_queue() -> None:
     sent: list[str] = []
     gate = asyncio.Event()
 
@@ -80,6 +80,7 @@ async def test_frames_go_out_in_order_and_an_idle_outbox_holds_no_sender_task() 
     await outbox.flushed(timeout=5)
     assert sent == ["queued before the socket was accepted", "1", "2"]
     assert outbox._sender is not None and outbox._sender.done()  # ended: nothing to send
+    assert outbox._frames is None  # nor an empty queue (~0.7 KiB per idle socket)
     outbox.notify("3")  # starts a new sender
     outbox.close(1000, "bye")
     outbox.notify("ignored after close")
