@@ -164,7 +164,9 @@ def bare_server(log_dir: Path, asgi: str) -> Iterator[Target]:
 
 
 @contextlib.contextmanager
-def embedded_server(log_dir: Path, asgi: str) -> Iterator[Target]:
+def embedded_server(
+    log_dir: Path, asgi: str, application: str = "example.asgi:application"
+) -> Iterator[Target]:
     env = child_env(
         DJANGO_SETTINGS_MODULE="example.settings",
         GQLWS_EXAMPLE_DB=str(log_dir / "embedded.sqlite3"),
@@ -180,7 +182,7 @@ def embedded_server(log_dir: Path, asgi: str) -> Iterator[Target]:
     )
     if done.returncode != 0:
         raise RuntimeError(f"migrate failed:\n{done.stdout}\n{done.stderr}")
-    with asgi_server("example.asgi:application", log_dir, server=asgi, env=env) as server:
+    with asgi_server(application, log_dir, server=asgi, env=env) as server:
         url = f"ws://127.0.0.1:{server.port}/graphql/"
         yield Target("embedded", [url], [server.pid], [server.log_path])
 
