@@ -138,7 +138,9 @@ class Outbox:
         self._kick()
 
     def _drop_oldest_notification(self) -> None:
-        frames = self._frames or deque()
+        frames = self._frames
+        if frames is None:
+            return
         for index, (is_notification, _, _) in enumerate(frames):
             if is_notification:
                 del frames[index]

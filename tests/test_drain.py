@@ -73,6 +73,17 @@ def test_workers_shut_down_softly_within_a_bounded_time() -> None:
     assert app.conf.worker_enable_soft_shutdown_on_idle is True
 
 
+def test_workers_leave_out_celery_s_per_task_lines_unless_the_project_sets_their_level() -> None:
+    import logging
+
+    import workers.app  # noqa: F401
+
+    # Left to the workers' default: no INFO line per task ("succeeded").
+    assert logging.getLogger("celery.app.trace").level == logging.WARNING
+    # Given a level in this project's LOGGING (tests/settings.py): kept.
+    assert logging.getLogger("celery.worker.strategy").level == logging.INFO
+
+
 @pytest.mark.timeout(300)
 async def test_a_worker_stopped_with_sigterm_finishes_the_fan_out_chunk_it_runs(
     cluster: Any,
