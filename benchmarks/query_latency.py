@@ -3,7 +3,8 @@
 Runs the test project twice, on this machine, in one run: one Daphne process
 in embedded mode, then the distributed topology (private Redis, 2 Daphne
 edges, 2 Celery workers). A client sends ``{ hello }`` one at a time over
-one WebSocket (graphql-transport-ws) and times each round trip.
+one WebSocket (graphql-transport-ws, on a route without the per-connection
+rate limit) and times each round trip.
 
 Third, the floor of any Celery path here (``benchmarks/celery_floor.py``):
 a worker with gqlws's Celery settings whose task only answers through a
@@ -103,10 +104,10 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         with processes.daphne("tests.asgi:application", Path(tmp)) as server:
-            url = f"ws://127.0.0.1:{server.port}/graphql/"
+            url = f"ws://127.0.0.1:{server.port}/graphql-unlimited/"
             results["embedded"] = summary(asyncio.run(measure(url, args.requests)))
         with Cluster(edges=2, workers=2, project="tests", log_dir=Path(tmp)) as cluster:
-            url = cluster.edge_urls[0] + "graphql/"
+            url = cluster.edge_urls[0] + "graphql-unlimited/"
             results["distributed"] = summary(asyncio.run(measure(url, args.requests)))
             assert cluster.redis is not None
             floor = measure_floor(cluster.redis.url, Path(tmp), args.requests)

@@ -167,6 +167,12 @@ class UnsendableAckConsumer(Consumer):
         return {"not json": {1, 2}}
 
 
+class UnlimitedConsumer(Consumer):
+    """No rate limit: benchmarks' closed loops of queries outrun the default."""
+
+    rate_limit = None
+
+
 class LimitedConsumer(Consumer):
     """Small limits, to meet them in tests."""
 
