@@ -87,8 +87,11 @@ _celery_lock = threading.Lock()
 def _celery_app() -> Any:
     from celery import Celery
 
+    from .kombu_redis import use_for
+
     app = Celery("gqlws-sender")
     app.config_from_object("django.conf:settings", namespace="CELERY")
+    use_for(app)  # one Redis client per channel, not per command
     return app
 
 

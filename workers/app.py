@@ -14,12 +14,14 @@ django.setup()
 
 from django.conf import settings as django_settings  # noqa: E402
 
-from gqlws import ops  # noqa: E402
+from gqlws import kombu_redis, ops  # noqa: E402
 from gqlws.settings import get_settings  # noqa: E402
 
 app = Celery("gqlws")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_default_queue = get_settings().CELERY_QUEUE
+# One Redis client per channel, not one per command (receipt, acknowledgement).
+kombu_redis.use_for(app)
 # Results travel through the edges' streams, never a result backend.
 app.conf.task_ignore_result = True
 # One task at a time per process: a fan-out chunk is short, and prefetching

@@ -1,0 +1,99 @@
+"""gqlws's Redis transport for Celery: one client per channel, same messages and acks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from kombu import Connection, Exchange, Queue
+
+from gqlws import kombu_redis
+from tests.redis_server import RedisServer, redis_server
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with redis_server() as running:
+        yield running
+
+
+@pytest.fixture
+def clients_built(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many ``redis.Redis`` clients were built, in a one-element list."""
+    built = [0]
+    init = redis.Redis.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        built[0] += 1
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "__init__", counting)
+    return built
+
+
+def _round_trips(url: str, transport: Any, count: int) -> list[int]:
+    """Publish ``count`` messages and consume them with acknowledgements; their bodies."""
+    queue = Queue("gqlws-test", Exchange("gqlws-test"), "gqlws-test")
+    received = []
+    with Connection(url, transport=transport) as connection:
+        producer = connection.Producer(serializer="json")
+        with connection.SimpleQueue(queue) as simple:
+            for index in range(count):
+                producer.publish({"n": index}, exchange=queue.exchange, routing_key="gqlws-test")
+                message = simple.get(timeout=5)
+                received.append(message.payload["n"])
+                message.ack()
+            channel = simple.channel
+            client = channel.client  # the consumer's own (asynchronous) client
+            assert client.zcard(channel.unacked_index_key) == 0, "acknowledged, yet unacked"
+            assert client.hlen(channel.unacked_key) == 0
+    return received
+
+
+def test_messages_round_trip_with_one_client_where_kombu_builds_one_per_command(
+    server: RedisServer, clients_built: list[int]
+) -> None:
+    assert _round_trips(server.url, kombu_redis.TRANSPORT, 40) == list(range(40))
+    ours = clients_built[0]
+    clients_built[0] = 0
+    assert _round_trips(server.url, "redis", 40) == list(range(40))
+    kombus = clients_built[0]
+    # kombu: a client per publish, per receipt (the unacked index) and per ack.
+    assert kombus >= 3 * 40
+    assert ours < 10, f"{ours} clients built for 40 messages"
+
+
+def test_a_new_pool_gets_a_new_client(server: RedisServer) -> None:
+    with Connection(server.url, transport=kombu_redis.TRANSPORT) as connection:
+        channel = connection.default_channel
+        first = channel._create_client()
+        assert channel._create_client() is first
+        channel._pool = None  # what kombu does when it drops its connections
+        second = channel._create_client()
+        assert second is not first
+        assert second.connection_pool is channel.pool
+        assert second.ping()
+
+
+@pytest.mark.parametrize(
+    ("url", "transport", "expected"),
+    [
+        ("redis://127.0.0.1:6379/1", None, kombu_redis.TRANSPORT),
+        ("redis://127.0.0.1:6379/1", "myproject.transport:Mine", "myproject.transport:Mine"),
+        ("rediss://127.0.0.1:6380/1", None, None),
+        ("sentinel://127.0.0.1:26379", None, None),
+        ("amqp://guest@127.0.0.1//", None, None),
+        ("redis://a:6379/1;redis://b:6379/1", None, None),
+    ],
+)
+def test_used_only_for_a_plain_redis_broker_without_a_chosen_transport(
+    url: str, transport: str | None, expected: str | None
+) -> None:
+    app = Celery("gqlws-test", broker=url, set_as_current=False)
+    if transport is not None:
+        app.conf.broker_transport = transport
+    kombu_redis.use_for(app)
+    assert app.conf.broker_transport == expected
