@@ -62,7 +62,7 @@ class DeliveryKind(str, enum.Enum):
     RESYNC = "resync"  # the group's stream restarted: say so, then go on from there
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Position:
     """Where a group's stream is: the epoch of the stream and the last offset in it."""
 
@@ -84,7 +84,7 @@ class Event:
     issued_at: float | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Subscriber:
     """A registered subscription as the fan-out sees it.
 

@@ -42,7 +42,9 @@ class InOrder(Generic[T]):
     def __init__(self, epoch: str, last: int) -> None:
         self.epoch = epoch
         self.last = last
-        self._pending: dict[int, T] = {}
+        #: Items waiting for a missing offset; None while there are none
+        #: (nearly always: an edge holds one ``InOrder`` per subscription).
+        self._pending: dict[int, T] | None = None
         self.duplicates = 0
         #: An offset known to exist in the stream beyond ``last`` (set by a
         #: caller that looked), so the gap up to it can be filled.
@@ -52,20 +54,26 @@ class InOrder(Generic[T]):
         """Accept ``item`` at ``offset``; return the items now releasable, in order."""
         if epoch != self.epoch:
             raise EpochChanged(f"Expected epoch {self.epoch}, got {epoch}")
-        if offset <= self.last or offset in self._pending:
+        pending = self._pending
+        if offset <= self.last or (pending is not None and offset in pending):
             self.duplicates += 1
             return []
         if offset != self.last + 1:
-            self._pending[offset] = item
+            if pending is None:
+                pending = self._pending = {}
+            pending[offset] = item
             return []
         released = [item]
         self.last = offset
-        while self._pending:
-            following = self._pending.pop(self.last + 1, None)
-            if following is None:
-                break
-            released.append(following)
-            self.last += 1
+        if pending is not None:
+            while pending:
+                following = pending.pop(self.last + 1, None)
+                if following is None:
+                    break
+                released.append(following)
+                self.last += 1
+            if not pending:
+                self._pending = None
         return released
 
     @property
@@ -75,6 +83,7 @@ class InOrder(Generic[T]):
 
     def missing(self) -> list[int]:
         """Offsets between ``last`` and the highest buffered one that have not arrived."""
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             return []
-        return [o for o in range(self.last + 1, max(self._pending)) if o not in self._pending]
+        return [o for o in range(self.last + 1, max(pending)) if o not in pending]

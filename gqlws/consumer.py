@@ -32,6 +32,7 @@ from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
+from asgiref.sync import markcoroutinefunction
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
@@ -44,6 +45,7 @@ from .daphne_compat import patch_daphne
 from .edge import Edge
 from .execution import DocumentCache, InvalidDocument, document_cache, graphql_schema
 from .executors import CeleryExecutor, EmbeddedExecutor, Executor
+from .keepalive import Keepalives
 from .limits import TokenBucket, depth_and_complexity_rule
 from .operation import Operation, TaskGroup
 from .outbox import Disconnected, Outbox, OverflowPolicy
@@ -153,6 +155,25 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
 
     # ---- ASGI dispatch ----------------------------------------------------
 
+    @classmethod
+    def as_asgi(cls, **initkwargs: Any) -> Any:
+        """Channels' ``as_asgi``, with one coroutine less held per connection.
+
+        Channels' application is an ``async def`` that awaits the consumer:
+        its frame stays suspended for as long as the socket is open (~0.25
+        KiB each). This one hands the consumer's own coroutine to the router
+        to await. It is marked as a coroutine function, so that asgiref
+        (Daphne, the test communicators) still sees an ASGI 3 application.
+        """
+
+        def app(scope: Any, receive: Any, send: Any) -> Coroutine[Any, Any, None]:
+            return cls(**initkwargs)(scope, receive, send)
+
+        app.consumer_class = cls  # type: ignore[attr-defined]
+        app.consumer_initkwargs = initkwargs  # type: ignore[attr-defined]
+        functools.update_wrapper(app, cls, updated=())  # name and docstring, as Channels'
+        return markcoroutinefunction(app)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._session: protocol.ProtocolSession | None = None
@@ -161,9 +182,9 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         self._closed = False
         #: The id of this connection in log records (``gqlws.logs``).
         self.connection_id = logs.new_connection_id()
-        self._log = logs.ConnectionLogger(LOG, self.connection_id)
+        self._edge_id: str | None = None  # of the edge holding it, for ``_log``
         self._accepted_at = time.monotonic()
-        self._serial: asyncio.Queue[Operation] | None = None
+        self._serial: asyncio.Queue[tuple[Operation, dict[str, Any]]] | None = None
         #: The subprotocol label of this connection in the metrics, once accepted.
         self._metrics_label: str | None = None
         self._bucket = (
@@ -171,9 +192,11 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             if self.rate_limit
             else None
         )
-        #: Tasks ending subscriptions; the disconnect waits for them.
-        self._ending: set[asyncio.Task[Any]] = set()
-        self._keepalive_timer: asyncio.TimerHandle | None = None
+        #: Tasks ending subscriptions; the disconnect waits for them. None
+        #: while there is none (an empty set is ~0.2 KiB per idle connection).
+        self._ending: set[asyncio.Task[Any]] | None = None
+        #: Where this connection's keepalives tick, once acknowledged (``gqlws.keepalive``).
+        self._keepalives: Keepalives | None = None
         self._init_timer: asyncio.TimerHandle | None = None
         #: ``settled`` futures of operations not yet settled (``_start``).
         self._unsettled: set[asyncio.Future[None]] | None = None
@@ -195,22 +218,30 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         # new task and an ``asyncio.wait``, to listen to a channel layer as
         # well. gqlws needs none: without one, a plain loop does the same
         # (a task and a wait less per frame, ~3 KiB less per connection).
-        if get_channel_layer(self.channel_layer_alias) is not None:
-            await super().__call__(scope, receive, send)
-            return
-        self.scope = scope
-        self.channel_layer = None
-        self.base_send = send
         try:
-            while True:
-                await self.dispatch(await receive())
-                # A receive from a non-empty queue does not yield: without
-                # this, a client's burst of frames would hold the loop until
-                # it is all read, and tasks its frames started (on_connect)
-                # would run after all of them, as Channels' loop never did.
-                await asyncio.sleep(0)
-        except StopConsumer:
-            pass
+            if get_channel_layer(self.channel_layer_alias) is not None:
+                await super().__call__(scope, receive, send)
+                return
+            self.scope = scope
+            self.channel_layer = None
+            self.base_send = send
+            try:
+                while True:
+                    await self.dispatch(await receive())
+                    # A receive from a non-empty queue does not yield: without
+                    # this, a client's burst of frames would hold the loop until
+                    # it is all read, and tasks its frames started (on_connect)
+                    # would run after all of them, as Channels' loop never did.
+                    await asyncio.sleep(0)
+            except StopConsumer:
+                pass
+        finally:
+            # Normally done by the disconnect; also when the server cancelled
+            # this coroutine or a disconnect failed: the drain's set and the
+            # keepalives hold their connections strongly.
+            drain.untrack(self)
+            if self._keepalives is not None:
+                self._keepalives.discard(self)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels' dispatch also closes stale DB connections on the loop for
@@ -241,7 +272,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         # draining: a drained edge has left the fabric for good.)
         loop = asyncio.get_running_loop()
         edge = Edge.of_loop(loop) if drain.draining() else Edge.current()
-        self._log.bind(edge_id=None if edge is None else edge.edge_id)
+        self._edge_id = None if edge is None else edge.edge_id
         if drain.draining():
             await self.accept(session.subprotocol if session else None)
             self._close(protocol.CloseCode.SERVICE_RESTART, "Server restarting: reconnect")
@@ -300,9 +331,10 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self._closed = True
-        for timer in (self._keepalive_timer, self._init_timer):
-            if timer is not None:
-                timer.cancel()
+        if self._keepalives is not None:
+            self._keepalives.discard(self)
+        if self._init_timer is not None:
+            self._init_timer.cancel()
         metrics.connection_closed(self._metrics_label, self._outbox.close_code, message.get("code"))
         ours = self._outbox.close_code  # None: the client closed (or the socket broke)
         self._log.closed(
@@ -317,7 +349,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         self._end_later(operations, "unsubscribe on disconnect")
         # Ends already under way (a stop, a server-side unsubscribe) finish
         # too: cancelled, they would skip their ``unsubscribed`` callback.
-        await asyncio.gather(*self._ending, return_exceptions=True)
+        await asyncio.gather(*(self._ending or ()), return_exceptions=True)
         await self._tasks.cancel_all()
         drain.untrack(self)
         raise StopConsumer()
@@ -334,6 +366,13 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         self._close(protocol.CloseCode.SERVICE_RESTART, "Server restarting: reconnect and resume")
         # Until the close frame is out: the server stops right after the drain.
         await self._outbox.flushed(timeout=2.0)
+
+    @property
+    def _log(self) -> logs.ConnectionLogger:
+        # Made for each record rather than held: records are few (connect,
+        # close, failures), idle connections many (an adapter and its dict
+        # are ~0.3 KiB each).
+        return logs.ConnectionLogger(LOG, self.connection_id, edge_id=self._edge_id)
 
     # ---- Sending ------------------------------------------------------------
 
@@ -378,6 +417,8 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         if self._closed:
             return
         self._closed = True
+        if self._keepalives is not None:
+            self._keepalives.discard(self)
         if self._session is not None:
             self._session.close(code, reason)  # the session forgets its operations
         self._outbox.close(int(code), reason)
@@ -441,18 +482,20 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             # The legacy protocol's server sends a first ka right after the ack.
             if self._session.subprotocol == protocol.GRAPHQL_WS:
                 self._apply(self._session.keepalive())
-            self._keepalive(self.send_keepalive_every)
+            if not self._closed:
+                # Not a task sleeping in a loop (a coroutine's frames, ~1.5
+                # KiB), nor a timer of its own (~0.3 KiB): an entry in the
+                # loop's keepalives for this interval.
+                self._keepalives = Keepalives.of(self.send_keepalive_every)
+                self._keepalives.add(self)
 
-    def _keepalive(self, every: float) -> None:
-        # A timer re-armed at each tick, not a task sleeping in a loop: an
-        # idle connection then holds a timer handle (~200 B) instead of a
-        # task with its coroutine frames (~1.5 KiB).
+    def _send_keepalive(self) -> None:
+        """Called by ``Keepalives`` every ``send_keepalive_every`` seconds."""
         if self._closed or self._session is None:
+            if self._keepalives is not None:
+                self._keepalives.discard(self)
             return
-        if self._keepalive_timer is not None:
-            self._apply(self._session.keepalive())
-        loop = asyncio.get_running_loop()
-        self._keepalive_timer = loop.call_later(every, self._keepalive, every)
+        self._apply(self._session.keepalive())
 
     # ---- Operations -------------------------------------------------------
 
@@ -463,7 +506,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             self._log.operation_failed(op_id, "too many operations", [{"message": message}])
             self._apply(self._session.error(op_id, [{"message": message}]))
             return
-        operation = Operation(op_id, payload)
+        operation = Operation(op_id)
         self._operations[op_id] = operation
         # Ordered after the subscriptions sent before it: once a client has
         # the answer to anything it sent after a subscribe, that
@@ -479,9 +522,9 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             if self._serial is None:
                 self._serial = asyncio.Queue()
                 self._spawn(self._run_serially(self._serial), "strict-ordering")
-            self._serial.put_nowait(operation)
+            self._serial.put_nowait((operation, payload))
         else:
-            self._run_in_task(operation)
+            self._run_in_task(operation, payload)
 
     def _stop(self, op_id: str) -> None:
         operation = self._operations.pop(op_id, None)
@@ -494,21 +537,31 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         """End the subscriptions among ``operations`` in a task the disconnect waits for."""
         if any(operation.subscription is not None for operation in operations):
             task = self._spawn(self._end_subscriptions(operations), name)
+            if self._ending is None:
+                self._ending = set()
             self._ending.add(task)
-            task.add_done_callback(self._ending.discard)
+            task.add_done_callback(self._ended)
 
-    async def _run_serially(self, queue: asyncio.Queue[Operation]) -> None:
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        if self._ending is not None:
+            self._ending.discard(task)
+            if not self._ending:
+                self._ending = None
+
+    async def _run_serially(self, queue: asyncio.Queue[tuple[Operation, dict[str, Any]]]) -> None:
         # Each operation still gets a task of its own, so that stopping one
         # cancels that task and not this loop.
         while True:
-            operation = await queue.get()
+            operation, payload = await queue.get()
             if not operation.active:
                 self._settle(operation)
                 continue
-            await asyncio.wait([self._run_in_task(operation)])
+            await asyncio.wait([self._run_in_task(operation, payload)])
 
-    def _run_in_task(self, operation: Operation) -> asyncio.Task[Any]:
-        task = operation.task = self._spawn(self._run(operation), f"operation {operation.op_id}")
+    def _run_in_task(self, operation: Operation, payload: dict[str, Any]) -> asyncio.Task[Any]:
+        task = operation.task = self._spawn(
+            self._run(operation, payload), f"operation {operation.op_id}"
+        )
         task.add_done_callback(lambda _: self._ran(operation))
         return task
 
@@ -529,7 +582,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
                 if not self._unsettled:
                     self._unsettled = None  # nothing to wait for (and no empty set kept)
 
-    async def _run(self, operation: Operation) -> None:
+    async def _run(self, operation: Operation, payload: dict[str, Any]) -> None:
         session = self._session
         assert session is not None
         finished = True
@@ -537,8 +590,8 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         try:
             if operation.after:
                 await asyncio.wait(operation.after)
-                operation.after = []
-            payload = await self.on_operation(operation.op_id, operation.payload)
+                operation.after = None
+            payload = await self.on_operation(operation.op_id, payload)
             try:
                 prepared = self._documents().prepare(payload["query"], payload.get("operationName"))
             except InvalidDocument as invalid:

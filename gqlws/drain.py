@@ -30,7 +30,6 @@ import asyncio
 import logging
 import os
 import signal
-import weakref
 from typing import Any, Protocol
 
 __all__ = ["Drainable", "draining", "install", "open_connections", "track", "untrack"]
@@ -45,7 +44,10 @@ class Drainable(Protocol):
     async def drain(self, grace: float) -> None: ...
 
 
-_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+#: Held strongly (a weak reference is ~0.1 KiB more per socket): the consumer
+#: untracks itself when its disconnect is done and, whatever happens, when
+#: its ASGI coroutine ends.
+_connections: set[Any] = set()
 _state = {"installed": False, "draining": False}
 
 
@@ -55,7 +57,7 @@ def draining() -> bool:
 
 
 def track(connection: Drainable) -> None:
-    """Remember an open connection, for the drain (weakly: it may just go away)."""
+    """Remember an open connection, for the drain, until it is ``untrack``-ed."""
     _connections.add(connection)
 
 

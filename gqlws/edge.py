@@ -49,7 +49,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from broadcast import (
@@ -87,17 +87,25 @@ _Member = tuple[str, Any]
 _PROCESS_STARTED = round(time.time(), 3)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Route:
+    """A registered subscription at its edge: one per subscription, kept while it lives.
+
+    Its containers are made when first needed: most routes never hold an
+    early delivery, a gap or a repair, and empty ones would cost ~0.2 KiB
+    per idle subscription.
+    """
+
     target: Target
     groups: tuple[str, ...]
     data: Any
     orders: dict[str, InOrder[Delivery]] | None = None
-    early: list[Delivery] = field(default_factory=list)
+    #: Deliveries that arrived before ``orders`` were known.
+    early: list[Delivery] | None = None
     #: Per group: (the ``last`` offset a gap check was scheduled at, attempts).
-    gap_checks: dict[str, tuple[int, int]] = field(default_factory=dict)
+    gap_checks: dict[str, tuple[int, int]] | None = None
     #: Per group: offset -> loop time its repair was last requested.
-    requested: dict[str, dict[int, float]] = field(default_factory=dict)
+    requested: dict[str, dict[int, float]] | None = None
 
 
 def _repair_tasks(
@@ -231,9 +239,9 @@ class Edge:
                 missed = list(range(seen.offset + 1, current.offset + 1))
                 self._request_repair(sub_id, group, seen.epoch, missed)
                 self._schedule_gap_check(sub_id, group, seen.offset, force=True)
-        early: list[Delivery | Reply] = list(route.early)
-        route.early = []
-        self._route(early)
+        early, route.early = route.early, None
+        if early:
+            self._route(early)
         return positions
 
     async def unsubscribe(self, sub_id: str) -> None:
@@ -278,6 +286,8 @@ class Edge:
             if route is None:
                 continue  # unsubscribed meanwhile
             if route.orders is None:
+                if route.early is None:
+                    route.early = []
                 route.early.append(delivery)
                 continue
             order = route.orders.get(delivery.group)
@@ -322,6 +332,8 @@ class Edge:
         self, sub_id: str, group: str, last: int, *, force: bool = False
     ) -> None:
         route = self._routes[sub_id]
+        if route.gap_checks is None:
+            route.gap_checks = {}
         scheduled = route.gap_checks.get(group)
         if scheduled is not None and scheduled[0] == last and not force:
             return  # already being watched at this position
@@ -335,6 +347,8 @@ class Edge:
         order = route.orders[group]
         if order.last != last or not (order.waiting or order.behind > order.last):
             return  # filled (or moved on) meanwhile
+        if route.gap_checks is None:
+            route.gap_checks = {}
         _, attempts = route.gap_checks.get(group, (last, 0))
         route.gap_checks[group] = (last, attempts + 1)
         missing = order.missing() or list(range(order.last + 1, order.behind + 1))
@@ -358,6 +372,8 @@ class Edge:
         if route is None or not offsets:
             return
         now = self._loop.time()
+        if route.requested is None:
+            route.requested = {}
         asked = route.requested.setdefault(group, {})
         order = route.orders.get(group) if route.orders else None
         if order is not None:

@@ -37,7 +37,7 @@ import inspect
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,10 @@ class DocumentCache:
         self.maxsize = maxsize
         self.rules = (*specified_rules, *extra_rules) if extra_rules else None
         self._entries: OrderedDict[str, DocumentNode | InvalidDocument] = OrderedDict()
+        #: By (query, operation name): one ``PreparedOperation`` (and one copy
+        #: of the query text) shared by every subscription of the same
+        #: request, instead of one each for as long as it lives.
+        self._prepared: OrderedDict[tuple[str, str | None], PreparedOperation] = OrderedDict()
         self._lock = threading.Lock()
 
     def document(self, query: str) -> DocumentNode:
@@ -149,6 +153,12 @@ class DocumentCache:
 
     def prepare(self, query: str, operation_name: str | None = None) -> PreparedOperation:
         """Document and operation type for a request; raises ``InvalidDocument``."""
+        key = (query, operation_name)
+        with self._lock:
+            prepared = self._prepared.get(key)
+            if prepared is not None:
+                self._prepared.move_to_end(key)
+                return prepared
         document = self.document(query)
         operation = get_operation_ast(document, operation_name)
         if operation is None:
@@ -158,7 +168,12 @@ class DocumentCache:
                 else "Must provide operation name if query contains multiple operations."
             )
             raise InvalidDocument([{"message": message}])
-        return PreparedOperation(document, operation.operation, operation_name, query)
+        prepared = PreparedOperation(document, operation.operation, operation_name, query)
+        with self._lock:
+            prepared = self._prepared.setdefault(key, prepared)
+            while len(self._prepared) > self.maxsize:
+                self._prepared.popitem(last=False)
+        return prepared
 
     def _parse_and_validate(self, query: str) -> DocumentNode | InvalidDocument:
         try:
@@ -244,7 +259,7 @@ _managers: OrderedDict[tuple[int, ...], tuple[MiddlewareManager, tuple[Any, ...]
 _managers_lock = threading.Lock()
 
 
-def _middleware_manager(middleware: list[Any], run_async: RunAsync) -> MiddlewareManager:
+def _middleware_manager(middleware: Sequence[Any], run_async: RunAsync) -> MiddlewareManager:
     """The middleware chain of an execution, built once per middleware and ``run_async``.
 
     graphql-core wraps each field's resolver in the chain and caches the
@@ -272,7 +287,7 @@ def execute(
     *,
     variables: dict[str, Any] | None,
     context: Any,
-    middleware: list[Any],
+    middleware: Sequence[Any],
     run_async: RunAsync,
     root_value: Any = None,
 ) -> ExecutionResult:

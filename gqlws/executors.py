@@ -16,6 +16,7 @@ know which one it has.
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -122,7 +123,8 @@ class EmbeddedExecutor:
             prepared,
             variables,
             context,
-            middleware_list(consumer.middleware),
+            # A tuple: without middleware, the shared empty one.
+            tuple(middleware_list(consumer.middleware)),
             consumer._executor(),
             run_on_loop(asyncio.get_running_loop()),
             _signature(consumer, prepared, variables, cohort),
@@ -212,9 +214,11 @@ def _signature(
     consumer: Any, prepared: PreparedOperation, variables: Any, cohort: bytes | None
 ) -> str | None:
     cls = consumer if isinstance(consumer, type) else type(consumer)
-    return cohort_signature(
+    signature = cohort_signature(
         consumer_path(cls), prepared.query, prepared.operation_name, variables, cohort
     )
+    # Interned: every subscriber of a cohort holds the same string, not a copy each.
+    return None if signature is None else sys.intern(signature)
 
 
 def _merge(scope: Any, delta: tuple[dict[str, Any], list[str]]) -> None:

@@ -84,16 +84,19 @@ def payloads_logged() -> bool:
 class ConnectionLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """A logger bound to one connection: its records carry ``connection_id`` and ``edge_id``.
 
-    The consumer binds ``edge_id`` once it knows its edge. Unlike the stdlib
-    adapter (before Python 3.13), the ``extra=`` of a call is merged in, not
-    thrown away::
+    ``edge_id`` is given, or bound once known. Cheap to make: the consumer
+    makes one per record rather than holding one per connection. Unlike the
+    stdlib adapter (before Python 3.13), the ``extra=`` of a call is merged
+    in, not thrown away::
 
         log = ConnectionLogger(logging.getLogger("gqlws.consumer"), "5f0c2a9e41d7")
         log.event("closed", "Connection closed (%s)", 1000, code=1000)
     """
 
-    def __init__(self, logger: logging.Logger, connection_id: str) -> None:
-        extra: dict[str, Any] = {"connection_id": connection_id, "edge_id": None}
+    def __init__(
+        self, logger: logging.Logger, connection_id: str, edge_id: str | None = None
+    ) -> None:
+        extra: dict[str, Any] = {"connection_id": connection_id, "edge_id": edge_id}
         super().__init__(logger, extra)
 
     def bind(self, **fields: Any) -> None:

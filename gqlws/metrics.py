@@ -57,6 +57,7 @@ import asyncio
 import collections
 import functools
 import os
+import sys
 import threading
 import time
 from bisect import bisect_left
@@ -238,8 +239,11 @@ def operation_finished(kind: str, outcome: str, started: float) -> None:
 
 
 def subscription_name(groups: Sequence[str]) -> str:
-    """The Subscription class of a subscription, from its groups (``module.QualName/group``)."""
-    return groups[0].partition("/")[0] if groups else "unknown"
+    """The Subscription class of a subscription, from its groups (``module.QualName/group``).
+
+    Interned: every live subscription of a class holds the same string.
+    """
+    return sys.intern(str(groups[0].partition("/")[0])) if groups else "unknown"
 
 
 def subscription_started(name: str) -> None:

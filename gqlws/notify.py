@@ -37,15 +37,15 @@ LOG = logging.getLogger(__name__)
 CHUNK_SIZE = 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LocalSubscriber:
-    """What the fan-out needs of a subscription living in this process."""
+    """What the fan-out needs of a subscription living in this process (one per subscription)."""
 
     schema: GraphQLSchema
     prepared: PreparedOperation
     variables: dict[str, Any] | None
     context: Any
-    middleware: list[Any]
+    middleware: Sequence[Any]
     executor: ThreadPoolExecutor
     run_async: RunAsync
     #: Subscribers with the same signature get the same notification.

@@ -49,6 +49,24 @@ class Disconnected(Exception):
 class Outbox:
     """Queue frames for one socket and send them in order from one task (``run``)."""
 
+    # One per socket, for as long as it is open: no instance dict.
+    __slots__ = (
+        "_close",
+        "_closing",
+        "_finished",
+        "_frames",
+        "_notifications",
+        "_pumping",
+        "_send",
+        "_sender",
+        "_spawn",
+        "_started",
+        "dropped",
+        "limit",
+        "overflows",
+        "policy",
+    )
+
     def __init__(
         self,
         send: Callable[[str], Coroutine[Any, Any, None]],

@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -244,7 +245,7 @@ class Subscription(graphene.ObjectType):
         if isinstance(root, SubscribePhase):
             root.subscription = cls
             if meta.subscribe is None:
-                root.groups = [cls._group_name(None)]
+                root.groups = [cls._subscribed_group_name(None)]
                 root.cohort = cls._cohort_of(info)
                 return None
 
@@ -285,9 +286,15 @@ class Subscription(graphene.ObjectType):
         return prefix if group is None else f"{prefix}/{group}"
 
     @classmethod
+    def _subscribed_group_name(cls, group: str | None) -> str:
+        # Interned: the subscriptions of a group (its edge route, its fabric
+        # registration) all hold one string, not a copy each.
+        return sys.intern(cls._group_name(group))
+
+    @classmethod
     def _group_names(cls, groups: Any) -> list[str]:
         if groups is None:
-            return [cls._group_name(None)]
+            return [cls._subscribed_group_name(None)]
         if isinstance(groups, str) or not isinstance(groups, Iterable):
             raise TypeError(
                 f"{cls.__name__}.subscribe must return a list of group names or None, "
@@ -299,7 +306,7 @@ class Subscription(graphene.ObjectType):
                 raise TypeError(
                     f"{cls.__name__}.subscribe returned a group that is not a string: {group!r}"
                 )
-        return [cls._group_name(group) for group in names]
+        return [cls._subscribed_group_name(group) for group in names]
 
     # ---- Notifying ------------------------------------------------------------
 

@@ -212,3 +212,72 @@ async def test_nothing_is_left_running_after_disconnect(subprotocol: str) -> Non
     assert running()
     await transport.disconnect()
     assert running() == []
+
+
+async def _settled(condition: Any, timeout: float = 5.0) -> None:
+    """Wait (up to ``timeout``) until ``condition()`` holds: tasks end a loop turn or two late."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_an_idle_subscribed_connection_keeps_no_payload_task_logger_or_empty_container(
+    subprotocol: str,
+) -> None:
+    """What thousands of idle subscribers each hold is what memory per connection is made of."""
+    from gqlws import drain, testing
+    from gqlws.edge import Edge
+    from tests.asgi import application
+
+    before = set(drain._connections)
+    transport = testing.GraphqlWsTransport(
+        application, "subscriptions-confirm/", subprotocols=[subprotocol]
+    )
+    client = testing.GraphqlWsClient(transport)
+    await client.connect_and_init()
+    query = "subscription($room: String!) { onChatMessage(chatroom: $room) { text } }"
+    subscription = await client.subscribe(query, variables={"room": f"idle-{next(_ids)}"})
+    (consumer,) = set(drain._connections) - before
+    operation = consumer._operations[str(subscription)]
+    await _settled(lambda: operation.task is None and consumer._tasks._tasks is None)
+
+    assert not hasattr(operation, "__dict__") and not hasattr(operation, "payload")
+    assert operation.after is None and operation.settled is None
+    assert consumer._ending is None and consumer._unsettled is None
+    assert "_log" not in vars(consumer)  # a logger is made per record, not held
+    assert consumer._outbox._frames is None and not hasattr(consumer._outbox, "__dict__")
+    assert consumer._session is not None and not hasattr(consumer._session, "__dict__")
+    live = operation.subscription
+    assert live is not None and not hasattr(live, "__dict__")
+    route = Edge.current()._routes[live.sub_id]
+    assert not hasattr(route, "__dict__") and not hasattr(route.target, "__dict__")
+    assert route.early is None and route.gap_checks is None and route.requested is None
+    assert route.orders is not None
+    assert all(order._pending is None for order in route.orders.values())
+    await transport.disconnect()
+
+
+async def test_a_connection_cancelled_without_a_disconnect_is_untracked_and_ticks_no_more(
+    subprotocol: str,
+) -> None:
+    from gqlws import drain, testing
+    from gqlws.keepalive import Keepalives
+    from tests.asgi import application
+
+    before = set(drain._connections)
+    transport = testing.GraphqlWsTransport(
+        application, "graphql-keepalive/", subprotocols=[subprotocol]
+    )
+    await transport.connect()
+    await transport.send({"type": "connection_init", "payload": {}})
+    assert (await transport.receive())["type"] == "connection_ack"
+    (consumer,) = set(drain._connections) - before
+    keepalives = Keepalives.of(consumer.send_keepalive_every)
+    assert consumer in keepalives
+    transport._comm.future.cancel()
+    await _settled(lambda: transport._comm.future.done())
+    assert consumer not in drain._connections
+    assert consumer not in keepalives

@@ -130,3 +130,15 @@ def test_each_field_s_resolver_is_wrapped_in_the_middleware_once_not_per_executi
         middleware_module.partial = original  # type: ignore[assignment]
     assert seen == ["threadName"] * 3  # the middleware runs in every execution
     assert len(wrapped) == 3  # the chain of three was built for the field once
+
+
+def test_the_same_request_prepared_twice_is_one_shared_prepared_operation() -> None:
+    # Every subscription of one request holds it for as long as it lives.
+    cache = DocumentCache(graphql_schema(schema))
+    text = "query Named { hello }"
+    first = cache.prepare(text, "Named")
+    again = cache.prepare("".join(["query Named ", "{ hello }"]), "Named")  # equal, not the same
+    assert again is first and again.query is first.query
+    assert cache.prepare(text) is not first  # another operation name, another entry
+    with pytest.raises(InvalidDocument):
+        cache.prepare(text, "Unknown")

@@ -230,9 +230,12 @@ def parse_operation_payload(payload: Any) -> OperationPayload:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class ProtocolSession(ABC):
-    """One connection's protocol state; subclasses speak one subprotocol."""
+    """One connection's protocol state; subclasses speak one subprotocol.
+
+    One per connection for its whole life: slots (subclasses too), no dict.
+    """
 
     subprotocol: str = ""
     state: ConnectionState = ConnectionState.NEW

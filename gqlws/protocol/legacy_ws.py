@@ -19,7 +19,7 @@ so a client always learns that the operation has ended.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .base import (
@@ -49,14 +49,15 @@ def _error(message: str, op_id: str | None = None) -> Send:
     return Send(frame)
 
 
-@dataclass
+@dataclass(slots=True)
 class LegacyWsSession(ProtocolSession):
     """Protocol state of one legacy ``graphql-ws`` connection."""
 
     subprotocol: str = SUBPROTOCOL
     result_type = "data"
-    #: Starts received while the connection hook runs, released on ack.
-    held: list[tuple[str, OperationPayload]] = field(default_factory=list)
+    #: Starts received while the connection hook runs, released on ack (a
+    #: tuple: the empty one, shared, once acknowledged).
+    held: tuple[tuple[str, OperationPayload], ...] = ()
 
     def receive(self, text: str | None = None, data: bytes | None = None) -> list[Action]:
         if self.state is ConnectionState.CLOSED:
@@ -98,8 +99,7 @@ class LegacyWsSession(ProtocolSession):
         if self.state is ConnectionState.NEW:
             raise ProtocolError("Connection is not initialised: send 'connection_init' first")
         if self.state is ConnectionState.AUTHORIZING:
-            self.held = [(i, p) for i, p in self.held if i != op_id]
-            self.held.append((op_id, payload))
+            self.held = (*((i, p) for i, p in self.held if i != op_id), (op_id, payload))
             return []
         actions: list[Action] = []
         if op_id in self.operations:
@@ -109,7 +109,7 @@ class LegacyWsSession(ProtocolSession):
         return actions
 
     def _stop(self, op_id: str) -> list[Action]:
-        held = [(i, p) for i, p in self.held if i != op_id]
+        held = tuple((i, p) for i, p in self.held if i != op_id)
         if len(held) != len(self.held):
             self.held = held
             return [Send({"id": op_id, "type": "complete"})]
@@ -125,7 +125,7 @@ class LegacyWsSession(ProtocolSession):
         if payload:
             ack["payload"] = payload
         actions: list[Action] = [Send(ack)]
-        held, self.held = self.held, []
+        held, self.held = self.held, ()
         for op_id, op_payload in held:
             actions.extend(self._start(op_id, op_payload))
         return actions
@@ -133,7 +133,7 @@ class LegacyWsSession(ProtocolSession):
     def reject_connection(self, message: str) -> list[Action]:
         if self.state is ConnectionState.CLOSED:
             return []
-        self.held = []
+        self.held = ()
         error = Send({"type": "connection_error", "payload": {"message": message}})
         return [error, *self._close(CloseCode.FORBIDDEN, "Forbidden")]
 

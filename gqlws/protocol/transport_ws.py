@@ -49,7 +49,7 @@ def _operation_id(message: dict[str, Any]) -> str:
     return op_id
 
 
-@dataclass
+@dataclass(slots=True)
 class TransportWsSession(ProtocolSession):
     """Protocol state of one ``graphql-transport-ws`` connection."""
 
