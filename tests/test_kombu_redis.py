@@ -97,3 +97,51 @@ def test_used_only_for_a_plain_redis_broker_without_a_chosen_transport(
         app.conf.broker_transport = transport
     kombu_redis.use_for(app)
     assert app.conf.broker_transport == expected
+
+
+def _publish(connection: Connection, queue: Queue, task: str, n: int) -> None:
+    connection.Producer(serializer="json").publish(
+        {"n": n}, exchange=queue.exchange, routing_key=queue.routing_key, headers={"task": task}
+    )
+
+
+def _unacked(channel: Any) -> tuple[int, int]:
+    client = channel.client
+    return client.zcard(channel.unacked_index_key), client.hlen(channel.unacked_key)
+
+
+@pytest.mark.parametrize(
+    ("task", "indexed"), [("gqlws.execute", False), ("gqlws.fanout", True), ("other", True)]
+)
+def test_only_queries_skip_the_visibility_timeout_index(
+    server: RedisServer, task: str, indexed: bool
+) -> None:
+    queue = Queue(f"q-{task}", Exchange(f"q-{task}"), f"q-{task}")
+    with Connection(server.url, transport=kombu_redis.TRANSPORT) as connection:
+        with connection.SimpleQueue(queue) as simple:
+            _publish(connection, queue, task, 1)
+            message = simple.get(timeout=5)
+            # Received, not acknowledged: what a worker's death would leave behind.
+            assert _unacked(simple.channel) == ((1, 1) if indexed else (0, 0))
+            message.ack()
+            assert _unacked(simple.channel) == (0, 0)
+            assert not simple.channel.qos._delivered or simple.channel.qos._dirty
+
+
+def test_a_query_never_run_goes_back_to_its_queue(server: RedisServer) -> None:
+    """A reject with requeue, and the restore of what was received at shutdown."""
+    queue = Queue("q-back", Exchange("q-back"), "q-back")
+    with Connection(server.url, transport=kombu_redis.TRANSPORT) as connection:
+        with connection.SimpleQueue(queue) as simple:
+            _publish(connection, queue, "gqlws.execute", 1)
+            first = simple.get(timeout=5)
+            first.requeue()
+            again = simple.get(timeout=5)
+            assert again.payload == {"n": 1}
+            assert again.headers["redelivered"] is True
+            _publish(connection, queue, "gqlws.execute", 2)
+            simple.get(timeout=5)  # neither acknowledged
+            simple.channel.qos.restore_unacked()
+            restored = sorted(simple.get(timeout=5).payload["n"] for _ in range(2))
+            assert restored == [1, 2]
+            assert _unacked(simple.channel) == (0, 0)
