@@ -368,6 +368,30 @@ async def test_deliveries_and_replies_reach_the_attached_edge_in_order_and_in_ba
     await until(lambda: client.xlen(stream) == 0)  # read entries are trimmed
 
 
+def _xtrims(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_xtrim", {}).get("calls", 0))
+
+
+async def test_read_entries_are_trimmed_when_the_reader_idles_not_after_every_read(
+    edge_fabric: RedisFabric, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_fabric_module, "TRIM_INTERVAL", 3600.0)  # only the idle trim
+    fabric = edge_fabric
+    sink = Collector()
+    fabric.attach_edge("edge1", sink)
+    stream = fabric._edge_base("edge1") + "stream"
+    await until(lambda: "edge1" in fabric._edges)
+    trims = _xtrims(client)
+    for index in range(20):  # a reply at a time, each read alone (a quiet edge's queries)
+        fabric.reply("edge1", f"r{index}", b"answer")
+        await until(lambda n=index + 1: len(sink.items) >= n)
+    assert _xtrims(client) == trims, "a trim per read"
+    assert client.xlen(stream) == 20
+    await until(lambda: client.xlen(stream) == 0)  # once a read finds nothing new
+    assert _xtrims(client) == trims + 1
+    assert [item.request_id for item in sink.items] == [f"r{i}" for i in range(20)]
+
+
 async def test_a_malformed_stream_entry_is_dropped_and_the_reader_goes_on(
     edge_fabric: RedisFabric, client: redis.Redis
 ) -> None:

@@ -4,7 +4,9 @@ Delivery guarantees (DESIGN.md, Guarantee 3):
 
 * ``gqlws.execute`` (queries, mutations, ``subscribe``) is acknowledged on
   receipt: a worker lost mid-run loses the task, never runs it twice; the
-  edge answers the client with an error when its timeout passes.
+  edge answers the client with an error when its timeout passes. Over
+  Redis, not even a worker lost between receipt and start has it run again
+  later (``gqlws.kombu_redis``).
 * ``gqlws.fanout`` is acknowledged late and rejected when its worker dies,
   so another worker runs it again; the edge drops what it already has by
   offset, which makes the redelivery harmless.
