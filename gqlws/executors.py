@@ -37,7 +37,7 @@ from .notify import LocalSubscriber
 from .phases import SubscribePhase, root_for
 from .pool import run_in_pool
 from .publishing import cohort_signature
-from .remote import consumer_path, snapshot_scope
+from .remote import consumer_path, serialized_snapshot
 from .serializer import deserialize, serialize
 
 __all__ = ["CeleryExecutor", "EmbeddedExecutor", "Executor", "Outcome", "Phase"]
@@ -153,7 +153,7 @@ class CeleryExecutor:
             "query": prepared.query,
             "operation_name": prepared.operation_name,
             "variables": variables,
-            "scope": serialize(snapshot_scope(context.channels_scope)),
+            "scope": serialized_snapshot(context.channels_scope),
             "op_id": context.graphql_operation_id,
         }
 

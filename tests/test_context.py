@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from gqlws.context import OperationContext, ScopeAsContext, TrackingDict, apply_delta
+from gqlws.remote import serialized_snapshot, snapshot_scope
+from gqlws.serializer import deserialize, serialize
 
 
 def test_attribute_and_item_access_are_the_same_storage() -> None:
@@ -55,3 +59,37 @@ def test_tracking_dict_reports_what_resolvers_changed_and_apply_delta_merges_it(
     assert snapshot.delta() == ({"changed": 30, "added": 4}, ["gone", "temp"])
     apply_delta(live, snapshot.delta())
     assert live == {"keep": 1, "changed": 30, "added": 4}
+
+
+class _User:
+    is_authenticated = True
+    pk = 42
+
+
+class _Session:
+    session_key = "k" * 32
+
+
+def _scope(**extra: Any) -> dict[str, Any]:
+    return {
+        "type": "websocket",
+        "path": "/graphql/",
+        "headers": [(b"host", b"example.com"), (b"cookie", b"sessionid=k")],
+        "client": ["127.0.0.1", 5555],
+        "url_route": {"args": (), "kwargs": {"room": "kittens"}},
+        "user": _User(),
+        "session": _Session(),
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("extra", [{}, {"channel_layer": object(), "state": {"lock": object()}}])
+def test_the_serialized_snapshot_is_the_snapshot_serialized(extra: dict[str, Any]) -> None:
+    """Whole when the scope serializes; key by key, leaving out what does not, otherwise."""
+    scope = _scope(**extra)
+    snapshot = snapshot_scope(scope)
+    assert deserialize(serialized_snapshot(scope)) == deserialize(serialize(snapshot))
+    assert serialized_snapshot(scope) == serialize(snapshot)
+    assert snapshot["__user_id"] == 42 and snapshot["__session_key"] == "k" * 32
+    assert "user" not in snapshot and "session" not in snapshot
+    assert "channel_layer" not in snapshot and "state" not in snapshot
