@@ -40,6 +40,7 @@ from benchmarks.links import (
     Link,
     LoadgenError,
     close_links,
+    frozen_heap,
     ms,
     open_links,
     percentile,
@@ -225,16 +226,17 @@ async def run_fanout(spec: dict[str, Any]) -> dict[str, Any]:
             ):
                 if broadcasts:
                     stage = name
-                    phases[name] = await _phase(
-                        broadcaster,
-                        subscribers,
-                        tally,
-                        seq,
-                        broadcasts,
-                        rate,
-                        stall_timeout,
-                        deadline,
-                    )
+                    with frozen_heap():
+                        phases[name] = await _phase(
+                            broadcaster,
+                            subscribers,
+                            tally,
+                            seq,
+                            broadcasts,
+                            rate,
+                            stall_timeout,
+                            deadline,
+                        )
                     seq += broadcasts
             result.update(phases)
         except (LoadgenError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as error:

@@ -64,6 +64,7 @@ from benchmarks.links import (
     Link,
     LoadgenError,
     close_links,
+    frozen_heap,
     ms,
     open_links,
     percentile,
@@ -91,15 +92,16 @@ async def run_queries(spec: dict[str, Any]) -> dict[str, Any]:
             await asyncio.gather(*(_query_loop(link, query, warmup, timeout, []) for link in links))
             samples: list[float] = []
             shares = [total // connections + (i < total % connections) for i in range(connections)]
-            started = time.perf_counter()
-            outcomes = await asyncio.gather(
-                *(
-                    _query_loop(link, query, n, timeout, samples)
-                    for link, n in zip(links, shares, strict=True)
-                ),
-                return_exceptions=True,
-            )
-            elapsed = time.perf_counter() - started
+            with frozen_heap():
+                started = time.perf_counter()
+                outcomes = await asyncio.gather(
+                    *(
+                        _query_loop(link, query, n, timeout, samples)
+                        for link, n in zip(links, shares, strict=True)
+                    ),
+                    return_exceptions=True,
+                )
+                elapsed = time.perf_counter() - started
             errors = [repr(o) for o in outcomes if isinstance(o, BaseException)]
             errors += [e for o in outcomes if isinstance(o, list) for e in o]
         finally:

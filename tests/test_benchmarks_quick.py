@@ -106,3 +106,16 @@ def test_memory_per_idle_subscribed_connection_is_measured(
 def test_the_table_has_a_ratio_column_per_mode(report: dict[str, Any]) -> None:
     header = report["table"].splitlines()[0].split()
     assert header[-2:] == ["embedded/bare", "distributed/bare"]
+
+
+def test_the_load_generator_measures_with_its_heap_frozen_and_thaws_it_after() -> None:
+    """Its sockets' objects stay out of the collector's full passes while a phase is measured."""
+    import gc
+
+    from benchmarks.links import frozen_heap
+
+    held = [[index] for index in range(1000)]  # what connecting left behind
+    assert gc.get_freeze_count() == 0
+    with frozen_heap():
+        assert gc.get_freeze_count() >= len(held)
+    assert gc.get_freeze_count() == 0
