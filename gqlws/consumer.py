@@ -240,8 +240,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
             # this coroutine or a disconnect failed: the drain's set and the
             # keepalives hold their connections strongly.
             drain.untrack(self)
-            if self._keepalives is not None:
-                self._keepalives.discard(self)
+            self._stop_keepalives()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels' dispatch also closes stale DB connections on the loop for
@@ -331,8 +330,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self._closed = True
-        if self._keepalives is not None:
-            self._keepalives.discard(self)
+        self._stop_keepalives()
         if self._init_timer is not None:
             self._init_timer.cancel()
         metrics.connection_closed(self._metrics_label, self._outbox.close_code, message.get("code"))
@@ -417,8 +415,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
         if self._closed:
             return
         self._closed = True
-        if self._keepalives is not None:
-            self._keepalives.discard(self)
+        self._stop_keepalives()
         if self._session is not None:
             self._session.close(code, reason)  # the session forgets its operations
         self._outbox.close(int(code), reason)
@@ -492,10 +489,14 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
     def _send_keepalive(self) -> None:
         """Called by ``Keepalives`` every ``send_keepalive_every`` seconds."""
         if self._closed or self._session is None:
-            if self._keepalives is not None:
-                self._keepalives.discard(self)
+            self._stop_keepalives()
             return
         self._apply(self._session.keepalive())
+
+    def _stop_keepalives(self) -> None:
+        keepalives, self._keepalives = self._keepalives, None
+        if keepalives is not None:
+            keepalives.discard(self)
 
     # ---- Operations -------------------------------------------------------
 
