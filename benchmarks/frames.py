@@ -53,7 +53,9 @@ QUERY_ROOM = "bench-empty"
 QUERY = '{ history(chatroom: "bench-empty") { text } }'
 #: The query round trips measured, by name: the document and the field its
 #: result must hold. ``history`` reads the database (sqlite here, Django's
-#: ORM); ``me`` does not, so it shows what gqlws itself costs per round trip.
+#: ORM) in a sync resolver, in the thread pool; ``me`` does not (an async
+#: resolver, run on the event loop), so it shows what gqlws itself costs per
+#: round trip.
 QUERIES = {
     "history": (QUERY, "history"),
     "me": ("{ me }", "me"),

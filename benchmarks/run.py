@@ -31,9 +31,11 @@ For each server, the load generator (``benchmarks/loadgen.py``, a separate
 process, started once per measurement with a JSON spec) measures:
 
 1. **Query round trips** at 1, 16 and 64 connections, each a closed loop of
-   ``{ history(chatroom: "bench-empty") { text } }`` (an empty room, read
-   through Django's ORM: what a user's query costs) and of ``{ me }`` (no
-   database: what gqlws itself costs): results per second, p50 and p99.
+   ``{ history(chatroom: "bench-empty") { text } }`` (a sync resolver in the
+   thread pool reading an empty room through Django's ORM: what a user's
+   query costs) and of ``{ me }`` (an async resolver, no database: what gqlws
+   itself costs; such a query runs on the event loop, without the pool):
+   results per second, p50 and p99.
 2. **Fan-out** to N subscribers of one room, spread over the edges, of
    ``onNewChatMessage`` (``chat``: ``publish`` per subscriber, as it hides
    one's own messages) and of ``onChatFeed`` (``feed``: a cohort, one

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 
 from .fabric import (
+    Deliverable,
     Delivery,
     DeliveryKind,
     EdgeStats,
@@ -17,8 +18,10 @@ from .fabric import (
     EventKind,
     Fabric,
     HistoryLost,
+    HistoryTrimmed,
     Position,
     Reply,
+    SharedDelivery,
     Sink,
     Subscriber,
 )
@@ -26,6 +29,7 @@ from .memory import InMemoryFabric
 from .ordering import EpochChanged, InOrder
 
 __all__ = [
+    "Deliverable",
     "Delivery",
     "DeliveryKind",
     "EdgeStats",
@@ -34,10 +38,12 @@ __all__ = [
     "EventKind",
     "Fabric",
     "HistoryLost",
+    "HistoryTrimmed",
     "InMemoryFabric",
     "InOrder",
     "Position",
     "Reply",
+    "SharedDelivery",
     "Sink",
     "Subscriber",
     "get_fabric",

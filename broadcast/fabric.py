@@ -114,6 +114,33 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class SharedDelivery:
+    """The same delivery for several subscriptions of one edge (a cohort's).
+
+    One object, and in a Redis stream one entry, for all of them: a fan-out
+    to a thousand identical subscribers builds, packs and decodes one
+    delivery, not a thousand copies of the same notification.
+    """
+
+    sub_ids: tuple[str, ...]
+    group: str
+    epoch: str
+    offset: int
+    kind: DeliveryKind
+    body: Any = None
+    issued_at: float | None = field(default=None, compare=False)
+
+    def one(self, sub_id: str) -> Delivery:
+        """The ``Delivery`` of one of its subscriptions."""
+        return Delivery(
+            sub_id, self.group, self.epoch, self.offset, self.kind, self.body, self.issued_at
+        )
+
+
+Deliverable = Delivery | SharedDelivery
+
+
+@dataclass(frozen=True)
 class Reply:
     """The answer to one request an edge sent to a worker (a query's result...)."""
 
@@ -121,7 +148,7 @@ class Reply:
     body: bytes
 
 
-Sink = Callable[[Sequence["Delivery | Reply"]], None]
+Sink = Callable[[Sequence["Delivery | SharedDelivery | Reply"]], None]
 """Receives an edge's deliveries and replies; called from any thread, must not block."""
 
 
@@ -132,6 +159,14 @@ loop at each heartbeat, published for ``manage.py gqlws status``; must be quick.
 
 class HistoryLost(LookupError):
     """The events asked for are no longer in the group's history (trimmed, or a new epoch)."""
+
+
+class HistoryTrimmed(HistoryLost):
+    """The events asked for were trimmed from the front of the group's history.
+
+    The group's epoch lives on: a fan-out of those events may still be on its
+    way (a burst issued faster than the workers fan out outruns the history).
+    """
 
 
 class Fabric(ABC):
@@ -171,7 +206,7 @@ class Fabric(ABC):
         return set(sub_ids)
 
     @abstractmethod
-    def deliver(self, edge_id: str, deliveries: Sequence[Delivery]) -> None:
+    def deliver(self, edge_id: str, deliveries: Sequence[Deliverable]) -> None:
         """Hand a batch of deliveries to an edge (dropped if the edge is gone)."""
 
     @abstractmethod
@@ -190,7 +225,7 @@ class Fabric(ABC):
         """The event at ``offset``; raises ``HistoryLost`` if it is gone."""
         events = self.history(group, offset - 1, epoch)
         if not events or events[0].offset != offset:
-            raise HistoryLost(f"Group {group!r} no longer holds offset {offset}")
+            raise HistoryTrimmed(f"Group {group!r} no longer holds offset {offset}")
         return events[0]
 
     # ---- Edge side ---------------------------------------------------------

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .fabric import (
-    Delivery,
+    Deliverable,
     EdgeStats,
     Event,
     EventKind,
     Fabric,
     HistoryLost,
+    HistoryTrimmed,
     Position,
     Reply,
     Sink,
@@ -102,7 +103,7 @@ class InMemoryFabric(Fabric):
     def subscriber_count(self, group: str, before: int) -> int:
         return len(self._before(group, before))
 
-    def deliver(self, edge_id: str, deliveries: Sequence[Delivery]) -> None:
+    def deliver(self, edge_id: str, deliveries: Sequence[Deliverable]) -> None:
         sink = self._sinks.get(edge_id)
         if sink is not None and deliveries:
             sink(deliveries)
@@ -120,7 +121,7 @@ class InMemoryFabric(Fabric):
             events = [event for event in state.history if event.offset > after]
         first = events[0].offset if events else state.last + 1
         if first != after + 1:
-            raise HistoryLost(f"Group {group!r} no longer holds offset {after + 1}")
+            raise HistoryTrimmed(f"Group {group!r} no longer holds offset {after + 1}")
         return events
 
     def positions(self, groups: Sequence[str]) -> dict[str, Position]:

@@ -88,6 +88,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from .fabric import (
+    Deliverable,
     Delivery,
     DeliveryKind,
     EdgeStats,
@@ -95,8 +96,10 @@ from .fabric import (
     EventKind,
     Fabric,
     HistoryLost,
+    HistoryTrimmed,
     Position,
     Reply,
+    SharedDelivery,
     Sink,
     Subscriber,
 )
@@ -409,12 +412,20 @@ class RedisFabric(Fabric):
     def subscriber_count(self, group: str, before: int) -> int:
         return int(self._sync.zcount(self._group_base(group) + "subs", "-inf", f"({before}"))
 
-    def deliver(self, edge_id: str, deliveries: Sequence[Delivery]) -> None:
+    def deliver(self, edge_id: str, deliveries: Sequence[Deliverable]) -> None:
         if not deliveries:
             return
         body = _pack(
             [
-                [d.sub_id, d.group, d.epoch, d.offset, DeliveryKind(d.kind).value, d.body]
+                # A shared delivery's first item is the list of its subscriptions.
+                [
+                    list(d.sub_ids) if isinstance(d, SharedDelivery) else d.sub_id,
+                    d.group,
+                    d.epoch,
+                    d.offset,
+                    DeliveryKind(d.kind).value,
+                    d.body,
+                ]
                 + ([] if d.issued_at is None else [d.issued_at])
                 for d in deliveries
             ]
@@ -422,13 +433,23 @@ class RedisFabric(Fabric):
         self._append(edge_id, b"d", body)
 
     def reply(self, edge_id: str, request_id: str, body: bytes) -> None:
-        self._append(edge_id, b"r", _pack([request_id, body]))
+        if not self._append(edge_id, b"r", _pack([request_id, body])):
+            # The client gets "no answer" when its edge's wait times out: say why here.
+            LOG.warning(
+                "Reply to request %s dropped: edge %s is not registered "
+                "(it stopped, or was swept after its heartbeat expired)",
+                request_id,
+                edge_id,
+            )
 
-    def _append(self, edge_id: str, entry_type: bytes, body: bytes) -> None:
+    def _append(self, edge_id: str, entry_type: bytes, body: bytes) -> bool:
+        """Append to the edge's stream; False if the edge is not registered (dropped)."""
         base = self._edge_base(edge_id)
-        self._scripts["deliver"](
-            keys=[self._edges_key, base + "stream"],
-            args=[edge_id, self.edge_stream_maxlen, entry_type, body],
+        return bool(
+            self._scripts["deliver"](
+                keys=[self._edges_key, base + "stream"],
+                args=[edge_id, self.edge_stream_maxlen, entry_type, body],
+            )
         )
 
     def history(self, group: str, after: int, epoch: str) -> list[Event]:
@@ -442,7 +463,7 @@ class RedisFabric(Fabric):
         events = [self._event(group, epoch, entry) for entry in entries]
         first = events[0].offset if events else int(last) + 1
         if first != after + 1:
-            raise HistoryLost(f"Group {group!r} no longer holds offset {after + 1}")
+            raise HistoryTrimmed(f"Group {group!r} no longer holds offset {after + 1}")
         return events
 
     def positions(self, groups: Sequence[str]) -> dict[str, Position]:
@@ -465,7 +486,7 @@ class RedisFabric(Fabric):
         if current is None or _text(current) != epoch:
             raise HistoryLost(f"Group {group!r} has a new epoch")
         if not entries:
-            raise HistoryLost(f"Group {group!r} no longer holds offset {offset}")
+            raise HistoryTrimmed(f"Group {group!r} no longer holds offset {offset}")
         return self._event(group, epoch, entries[0])
 
     @staticmethod
@@ -699,7 +720,7 @@ class RedisFabric(Fabric):
     def _hand_over(
         self, edge_id: str, edge: _Edge, entries: list[tuple[bytes, dict[bytes, bytes]]]
     ) -> None:
-        batch: list[Delivery | Reply] = []
+        batch: list[Delivery | SharedDelivery | Reply] = []
         for stream_id, fields in entries:
             try:
                 batch.extend(_decode_entry(fields))
@@ -788,13 +809,17 @@ class RedisFabric(Fabric):
         self._sync.close()
 
 
-def _decode_entry(fields: dict[bytes, bytes]) -> list[Delivery | Reply]:
+def _decode_entry(fields: dict[bytes, bytes]) -> list[Delivery | SharedDelivery | Reply]:
     entry_type, body = fields[b"t"], _unpack(fields[b"b"])
     if entry_type == b"r":
         request_id, reply_body = body
         return [Reply(request_id, reply_body)]
     # A seventh item, when present, is the event's issue time (older senders omit it).
-    return [
-        Delivery(sub_id, group, epoch, int(offset), DeliveryKind(kind), item, *issued_at[:1])
-        for sub_id, group, epoch, offset, kind, item, *issued_at in body
-    ]
+    decoded: list[Delivery | SharedDelivery | Reply] = []
+    for sub_id, group, epoch, offset, kind, item, *issued_at in body:
+        rest = (group, epoch, int(offset), DeliveryKind(kind), item, *issued_at[:1])
+        if isinstance(sub_id, list):  # shared: the list of its subscriptions
+            decoded.append(SharedDelivery(tuple(sub_id), *rest))
+        else:
+            decoded.append(Delivery(sub_id, *rest))
+    return decoded

@@ -47,7 +47,11 @@ class Query(graphene.ObjectType):
     )
 
     @staticmethod
-    def resolve_me(root: Any, info: Any) -> str | None:
+    async def resolve_me(root: Any, info: Any) -> str | None:
+        # Async: it only reads the scope, whose user Channels' AuthMiddleware
+        # loaded before the connection began, so nothing here blocks, and a
+        # query of async resolvers only runs on the event loop, without a
+        # hop to the thread pool.
         user = info.context.get("user")
         return user.username if user is not None and user.is_authenticated else None
 

@@ -19,13 +19,17 @@ Races and losses handled here:
 * A gap (a later offset arrived, an earlier one did not) waits
   ``GAP_WAIT``; then the missing events are looked up in the group's
   history and recomputed by a worker, asked again with a growing delay
-  until they arrive. Where history no longer has them (trimmed, or a new
-  epoch), the subscription ends with a ``LOST`` delivery: the client must
-  resync. A subscription left behind its group with no later offset to
-  show a gap (the fan-out of the last events was lost with its worker) is
-  found by comparing positions every few ``GAP_WAIT`` periods, once the
-  group has been quiet on this edge for a whole round. (Embedded mode never
-  has gaps: every offset is always delivered.)
+  until they arrive. Where history has a new epoch, the subscription ends
+  with a ``LOST`` delivery: the client must resync. Where history was
+  trimmed, the fan-out may still be on its way (a burst issued faster than
+  the workers fan out runs more than a history's length ahead of them): it
+  ends so only if the missing events have not arrived ``_REPAIR_RETRY``
+  seconds later, when their fan-out is presumed lost. A subscription left
+  behind its group with no later offset to show a gap (the fan-out of the
+  last events was lost with its worker) is found by comparing positions
+  every few ``GAP_WAIT`` periods, once the group has been quiet on this edge
+  for a whole round. (Embedded mode never has gaps: every offset is always
+  delivered.)
 * Repairs are batched: a lost fan-out chunk leaves hundreds of
   subscriptions with the same gap, so the requests of one loop turn are
   grouped by (group, epoch, offsets) and sent as one task per
@@ -58,9 +62,11 @@ from broadcast import (
     EpochChanged,
     Fabric,
     HistoryLost,
+    HistoryTrimmed,
     InOrder,
     Position,
     Reply,
+    SharedDelivery,
 )
 
 from . import drain, metrics, runtime
@@ -69,8 +75,16 @@ __all__ = ["Edge", "Target"]
 
 LOG = logging.getLogger(__name__)
 
-Target = Callable[[Delivery], None]
-"""Receives a subscription's deliveries in order, on the edge's loop."""
+Target = Callable[[Delivery | SharedDelivery], None]
+"""Receives a subscription's deliveries in order, on the edge's loop.
+
+A ``SharedDelivery`` is handed as is to each of its subscriptions: read only
+its kind, body and position, never its ``sub_ids``.
+
+A target may also rebuild its subscription's registration data
+(``registration_data()``): the edge then does not keep the data, which is
+needed again only to repair a gap or to register again after the fabric
+lost the registrations (``Edge.subscribe(..., keep_data=False)``)."""
 
 #: Longest wait, in seconds, between two requests to recompute the same gap.
 _GAP_RETRY_CAP = 15.0
@@ -98,14 +112,26 @@ class _Route:
 
     target: Target
     groups: tuple[str, ...]
+    #: The registration data, or ``_REBUILT``: ``target`` rebuilds it (``_data``).
     data: Any
-    orders: dict[str, InOrder[Delivery]] | None = None
+    orders: dict[str, InOrder[Delivery | SharedDelivery]] | None = None
     #: Deliveries that arrived before ``orders`` were known.
     early: list[Delivery] | None = None
     #: Per group: (the ``last`` offset a gap check was scheduled at, attempts).
     gap_checks: dict[str, tuple[int, int]] | None = None
     #: Per group: offset -> loop time its repair was last requested.
     requested: dict[str, dict[int, float]] | None = None
+
+
+#: ``_Route.data`` of a subscription whose target rebuilds its data.
+_REBUILT: Any = object()
+
+
+def _data(route: _Route) -> Any:
+    """The registration data of ``route``'s subscription, rebuilt if it was not kept."""
+    if route.data is _REBUILT:
+        return route.target.registration_data()  # type: ignore[attr-defined]
+    return route.data
 
 
 def _repair_tasks(
@@ -141,6 +167,8 @@ class Edge:
         self.edge_id = uuid.uuid4().hex
         self.fabric = fabric
         self.gap_wait = runtime.settings().GAP_WAIT
+        #: Seconds a gap history no longer holds may still fill before it is lost.
+        self.trimmed_gap_wait = _REPAIR_RETRY
         self._loop = loop
         self._loop_thread = threading.get_ident()  # made on its loop (Edge.current)
         self._routes: dict[str, _Route] = {}
@@ -211,15 +239,23 @@ class Edge:
         data: Any,
         target: Target,
         resume: dict[str, Position] | None = None,
+        *,
+        keep_data: bool = True,
     ) -> dict[str, Position]:
         """Register a subscription; from now on its deliveries go to ``target``.
+
+        ``keep_data=False``: ``data`` is not kept while the subscription
+        lives; ``target.registration_data()`` rebuilds it when needed again.
 
         ``resume`` holds, per group, the position a client last saw (on a
         connection that was lost): what it missed since is recomputed from
         the group's history and delivered first, in order. A position of
         another epoch cannot be resumed: the subscription ends as LOST.
         """
-        route = self._routes[sub_id] = _Route(target, tuple(groups), data)
+        if not keep_data and not callable(getattr(target, "registration_data", None)):
+            raise TypeError("keep_data=False needs a target with registration_data()")
+        kept = data if keep_data else _REBUILT
+        route = self._routes[sub_id] = _Route(target, tuple(groups), kept)
         try:
             positions = await self.fabric.register(self.edge_id, sub_id, groups, data)
         except BaseException:
@@ -257,7 +293,7 @@ class Edge:
 
     # ---- Routing -----------------------------------------------------------------
 
-    def _sink(self, deliveries: Sequence[Delivery | Reply]) -> None:
+    def _sink(self, deliveries: Sequence[Delivery | SharedDelivery | Reply]) -> None:
         # Called from fan-out threads, and from the stream reader on the loop
         # itself (no wake-up of the loop through its self-pipe then): routed
         # in a callback of their own on the loop either way.
@@ -271,51 +307,60 @@ class Edge:
             metrics.deliveries_routed(len(deliveries))
             self.fabric.detach_edge(self.edge_id)
 
-    def _arrived(self, deliveries: Sequence[Delivery | Reply]) -> None:
+    def _arrived(self, deliveries: Sequence[Delivery | SharedDelivery | Reply]) -> None:
         metrics.deliveries_routed(len(deliveries))
         self._route(deliveries)
 
-    def _route(self, deliveries: Sequence[Delivery | Reply]) -> None:
+    def _route(self, deliveries: Sequence[Delivery | SharedDelivery | Reply]) -> None:
         for delivery in deliveries:
-            if isinstance(delivery, Reply):
+            if isinstance(delivery, Delivery):
+                self._route_one(delivery.sub_id, delivery)
+            elif isinstance(delivery, SharedDelivery):
+                # One object for all its subscriptions: what they are handed
+                # reads the same for each (kind, body, position), so it is
+                # handed as is.
+                for sub_id in delivery.sub_ids:
+                    self._route_one(sub_id, delivery)
+            else:
                 waiting = self._replies.get(delivery.request_id)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(delivery.body)
-                continue
-            route = self._routes.get(delivery.sub_id)
-            if route is None:
-                continue  # unsubscribed meanwhile
-            if route.orders is None:
-                if route.early is None:
-                    route.early = []
-                route.early.append(delivery)
-                continue
-            order = route.orders.get(delivery.group)
-            if order is None:
-                LOG.error("Delivery for a group the subscription is not in: %r", delivery)
-                continue
-            if self._tails is not None:
-                self._received[delivery.group] = self._received.get(delivery.group, 0) + 1
-            try:
-                released = order.push(delivery.epoch, delivery.offset, delivery)
-            except EpochChanged:
-                self._lose(delivery.sub_id, delivery.group, "its group's stream was restarted")
-                continue
-            if not released and delivery.offset <= order.last:
-                self.duplicates += 1
-                metrics.duplicate_dropped()
-            elif not released:
-                metrics.reorder_wait()  # buffered until the missing offset comes
-            for item in released:
-                self._hand(route, item)
-            if order.waiting:
-                self._schedule_gap_check(delivery.sub_id, delivery.group, order.last)
 
-    def _hand(self, route: _Route, delivery: Delivery) -> None:
+    def _route_one(self, sub_id: str, delivery: Delivery | SharedDelivery) -> None:
+        route = self._routes.get(sub_id)
+        if route is None:
+            return  # unsubscribed meanwhile
+        if route.orders is None:
+            if route.early is None:
+                route.early = []
+            route.early.append(delivery if isinstance(delivery, Delivery) else delivery.one(sub_id))
+            return
+        order = route.orders.get(delivery.group)
+        if order is None:
+            LOG.error("Delivery for a group subscription %r is not in: %r", sub_id, delivery)
+            return
+        if self._tails is not None:
+            self._received[delivery.group] = self._received.get(delivery.group, 0) + 1
+        try:
+            released = order.push(delivery.epoch, delivery.offset, delivery)
+        except EpochChanged:
+            self._lose(sub_id, delivery.group, "its group's stream was restarted")
+            return
+        if not released and delivery.offset <= order.last:
+            self.duplicates += 1
+            metrics.duplicate_dropped()
+        elif not released:
+            metrics.reorder_wait()  # buffered until the missing offset comes
+        for item in released:
+            self._hand(route, sub_id, item)
+        if order.waiting:
+            self._schedule_gap_check(sub_id, delivery.group, order.last)
+
+    def _hand(self, route: _Route, sub_id: str, delivery: Delivery | SharedDelivery) -> None:
         try:
             route.target(delivery)
         except Exception:
-            LOG.exception("Delivering to subscription %r failed", delivery.sub_id)
+            LOG.exception("Delivering to subscription %r failed", sub_id)
 
     def _lose(self, sub_id: str, group: str, why: str) -> None:
         """End a subscription whose notifications can no longer all be delivered."""
@@ -323,7 +368,7 @@ class Edge:
         if route is None:
             return
         LOG.warning("Subscription %r lost notifications of %r: %s", sub_id, group, why)
-        self._hand(route, Delivery(sub_id, group, "", 0, DeliveryKind.LOST, why))
+        self._hand(route, sub_id, Delivery(sub_id, group, "", 0, DeliveryKind.LOST, why))
         self._loop.create_task(self.fabric.unregister(self.edge_id, sub_id))
 
     # ---- Gaps ----------------------------------------------------------------------
@@ -399,7 +444,7 @@ class Edge:
 
     async def _repair(self, group: str, epoch: str, offsets: list[int], sub_ids: list[str]) -> None:
         members = [
-            (sub_id, route.data)
+            (sub_id, _data(route))
             for sub_id in dict.fromkeys(sub_ids)
             if (route := self._routes.get(sub_id)) is not None
         ]
@@ -409,6 +454,18 @@ class Edge:
             # Streams are trimmed from the front: if the first offset is
             # still there, so are the others.
             await asyncio.to_thread(self.fabric.event_at, group, epoch, min(offsets))
+        except HistoryTrimmed as error:
+            for sub_id, _ in members:
+                self._loop.call_later(
+                    self.trimmed_gap_wait,
+                    self._lose_if_missing,
+                    sub_id,
+                    group,
+                    epoch,
+                    min(offsets),
+                    str(error),
+                )
+            return
         except HistoryLost as error:
             for sub_id, _ in members:
                 self._lose(sub_id, group, str(error))
@@ -423,6 +480,13 @@ class Edge:
                 await asyncio.to_thread(runtime.renotify, *args)
             else:
                 runtime.renotify(*args)
+
+    def _lose_if_missing(self, sub_id: str, group: str, epoch: str, offset: int, why: str) -> None:
+        """End the subscription as lost if ``offset`` has still not arrived."""
+        route = self._routes.get(sub_id)
+        order = route.orders.get(group) if route is not None and route.orders else None
+        if order is not None and order.epoch == epoch and order.last < offset:
+            self._lose(sub_id, group, why)
 
     # ---- Tails: the last notifications of a group, with nothing after to show a gap ----
 
@@ -484,7 +548,7 @@ class Edge:
                 continue
             try:
                 positions = await self.fabric.register(
-                    self.edge_id, sub_id, route.groups, route.data
+                    self.edge_id, sub_id, route.groups, _data(route)
                 )
             except Exception:
                 LOG.exception("Registering %r again failed", sub_id)
@@ -495,6 +559,7 @@ class Edge:
                     route.orders[group] = InOrder(position.epoch, position.offset)
                     self._hand(
                         route,
+                        sub_id,
                         Delivery(
                             sub_id,
                             group,

@@ -19,6 +19,15 @@ distributed mode. Two steps:
    handed to ``run_async``, which runs it on the edge's event loop and waits
    for it: async resolvers run on the loop, as they expect.
 
+One exception: a query or mutation in which every field selected has an
+``async def`` resolver (``PreparedOperation.async_only``) runs on the event
+loop itself (``execute_on_loop``), when the consumer's middleware is async
+too. No code of the user's that may block runs then, and the thread hop,
+which costs more than the execution of a small query (a pool thread waking,
+the GIL passed back and forth with the server's I/O, the loop woken), is
+not paid. A field without a resolver of its own keeps the operation in the
+pool: its default resolver may read a lazy model attribute.
+
 Rejected: running the executor on the loop and offloading each sync resolver
 to a thread. It pays a thread hop per resolver and leaves every lazy model
 attribute read by a default resolver on the loop thread, where Django
@@ -45,13 +54,24 @@ import graphql
 from graphql import (
     DocumentNode,
     ExecutionResult,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
     GraphQLError,
+    GraphQLObjectType,
     GraphQLSchema,
+    InlineFragmentNode,
     MiddlewareManager,
+    OperationDefinitionNode,
     OperationType,
+    SelectionSetNode,
     ValidationRule,
+    get_named_type,
+    is_abstract_type,
     specified_rules,
 )
+from graphql.execution import ExecutionContext
+from graphql.pyutils import Path, Undefined
 from graphql.utilities import get_operation_ast
 
 __all__ = [
@@ -60,11 +80,13 @@ __all__ = [
     "PreparedOperation",
     "document_cache",
     "execute",
+    "execute_on_loop",
     "format_error",
     "format_result",
     "graphql_schema",
     "middleware_list",
     "run_on_loop",
+    "runs_on_loop",
 ]
 
 
@@ -111,6 +133,9 @@ class PreparedOperation:
     operation_name: str | None
     #: The request's text, for workers that prepare it again in their process.
     query: str = ""
+    #: A query or mutation whose every selected field has an ``async def``
+    #: resolver: nothing in it may block, it can run on the event loop.
+    async_only: bool = False
 
 
 class DocumentCache:
@@ -168,7 +193,13 @@ class DocumentCache:
                 else "Must provide operation name if query contains multiple operations."
             )
             raise InvalidDocument([{"message": message}])
-        prepared = PreparedOperation(document, operation.operation, operation_name, query)
+        prepared = PreparedOperation(
+            document,
+            operation.operation,
+            operation_name,
+            query,
+            async_only=_async_only(self.schema, document, operation),
+        )
         with self._lock:
             prepared = self._prepared.setdefault(key, prepared)
             while len(self._prepared) > self.maxsize:
@@ -184,6 +215,74 @@ class DocumentCache:
         if errors:
             return InvalidDocument([format_error(error) for error in errors])
         return document
+
+
+def _async_only(
+    schema: GraphQLSchema, document: DocumentNode, operation: OperationDefinitionNode
+) -> bool:
+    """Whether every field ``operation`` may resolve has an ``async def`` resolver.
+
+    Walked over concrete types: a field of an interface or union resolves with
+    the resolver of the object type it turns out to be, so each possible type
+    is checked. ``__typename`` needs no resolver; any other field without an
+    async one (a default resolver, a sync one, introspection) answers no.
+    """
+    if operation.operation is OperationType.SUBSCRIPTION:
+        return False
+    root = schema.get_root_type(operation.operation)
+    if root is None:
+        return False
+    fragments = {
+        definition.name.value: definition
+        for definition in document.definitions
+        if isinstance(definition, FragmentDefinitionNode)
+    }
+    checked: set[tuple[int, str]] = set()  # (selection set, type): fragments reused
+
+    def applies(type_name: str | None, object_type: GraphQLObjectType) -> bool:
+        if type_name is None or type_name == object_type.name:
+            return True
+        condition = schema.get_type(type_name)
+        return is_abstract_type(condition) and schema.is_sub_type(condition, object_type)  # type: ignore[arg-type]
+
+    def walk(selection_set: SelectionSetNode, object_type: GraphQLObjectType) -> bool:
+        key = (id(selection_set), object_type.name)
+        if key in checked:
+            return True
+        checked.add(key)
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                name = selection.name.value
+                if name == "__typename":
+                    continue
+                field = object_type.fields.get(name)
+                if field is None or not inspect.iscoroutinefunction(field.resolve):
+                    return False
+                if selection.selection_set is not None:
+                    named = get_named_type(field.type)
+                    targets = (
+                        schema.get_possible_types(named)  # type: ignore[arg-type]
+                        if is_abstract_type(named)
+                        else [named]
+                    )
+                    for target in targets:
+                        if not walk(selection.selection_set, target):  # type: ignore[arg-type]
+                            return False
+            elif isinstance(selection, InlineFragmentNode):
+                condition = selection.type_condition
+                if applies(condition.name.value if condition else None, object_type):
+                    if not walk(selection.selection_set, object_type):
+                        return False
+            elif isinstance(selection, FragmentSpreadNode):
+                fragment = fragments.get(selection.name.value)
+                if fragment is None:
+                    return False
+                if applies(fragment.type_condition.name.value, object_type):
+                    if not walk(fragment.selection_set, object_type):
+                        return False
+        return True
+
+    return walk(operation.selection_set, root)
 
 
 _caches: dict[tuple[int, tuple[type[ValidationRule], ...]], DocumentCache] = {}
@@ -218,14 +317,6 @@ def middleware_list(middleware: Any) -> list[Any]:
     return [middleware]
 
 
-def _in_event_loop_thread() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 def _offload_sync_resolvers(next_: Callable[..., Any], root: Any, info: Any, **args: Any) -> Any:
     """Innermost middleware: keep sync resolvers off an event loop thread.
 
@@ -236,7 +327,9 @@ def _offload_sync_resolvers(next_: Callable[..., Any], root: Any, info: Any, **a
     bounded pool: the pool's thread that runs this operation is blocked
     waiting for that very coroutine, so a bounded pool could deadlock.
     """
-    if inspect.iscoroutinefunction(next_) or not _in_event_loop_thread():
+    # Asked for every field: ``_get_running_loop`` answers None in a thread
+    # without a loop (``get_running_loop`` would raise, which costs more).
+    if asyncio._get_running_loop() is None or inspect.iscoroutinefunction(next_):
         return next_(root, info, **args)
     call = functools.partial(contextvars.copy_context().run, next_, root, info, **args)
     return asyncio.get_running_loop().run_in_executor(None, call)
@@ -257,28 +350,66 @@ class _AwaitOnLoop:
 
 _managers: OrderedDict[tuple[int, ...], tuple[MiddlewareManager, tuple[Any, ...]]] = OrderedDict()
 _managers_lock = threading.Lock()
+#: First of the objects that key a chain run on the loop: never a pool chain's key.
+_ON_LOOP = object()
 
 
-def _middleware_manager(middleware: Sequence[Any], run_async: RunAsync) -> MiddlewareManager:
-    """The middleware chain of an execution, built once per middleware and ``run_async``.
+def _cached_manager(
+    objects: tuple[Any, ...], build: Callable[[], MiddlewareManager]
+) -> MiddlewareManager:
+    """The middleware manager of a chain of ``objects`` (by identity), built once.
 
     graphql-core wraps each field's resolver in the chain and caches the
     wrapped resolver in the manager: a manager per execution would wrap
     every field anew each time (the bulk of the chain's cost).
+
+    A hit takes no lock (a dict lookup is atomic). Every execution of every
+    pool thread comes here, a fan-out once per subscriber: with a lock, a
+    thread the GIL switched away from while holding it made all the others
+    wait for it, about 2 ms per call, three quarters of the time of a
+    per-subscriber fan-out (measured). Entries are few (one per loop and
+    middleware list): the oldest goes first when there are too many.
     """
-    objects = (run_async, *middleware)
     key = tuple(map(id, objects))  # middleware need not be hashable; kept alive below
+    entry = _managers.get(key)
+    if entry is not None:
+        return entry[0]
+    manager = build()
     with _managers_lock:
-        entry = _managers.get(key)
-        if entry is not None:
-            _managers.move_to_end(key)
-            return entry[0]
-    manager = MiddlewareManager(_offload_sync_resolvers, *middleware, _AwaitOnLoop(run_async))
-    with _managers_lock:
-        _managers[key] = (manager, objects)
+        entry = _managers.setdefault(key, (manager, objects))
         while len(_managers) > 256:
             _managers.popitem(last=False)
-    return manager
+    return entry[0]
+
+
+def _middleware_manager(middleware: Sequence[Any], run_async: RunAsync) -> MiddlewareManager:
+    """The middleware chain of a pool execution, built once per middleware and ``run_async``."""
+    return _cached_manager(
+        (run_async, *middleware),
+        lambda: MiddlewareManager(_offload_sync_resolvers, *middleware, _AwaitOnLoop(run_async)),
+    )
+
+
+def _execute_document(
+    schema: GraphQLSchema,
+    prepared: PreparedOperation,
+    variables: dict[str, Any] | None,
+    context: Any,
+    root_value: Any,
+    middleware: MiddlewareManager | None,
+    context_class: type[ExecutionContext] | None = None,
+) -> Any:
+    """graphql-core's ``execute`` of a prepared document: a result, or an awaitable of one."""
+    return graphql.execute(
+        schema,
+        prepared.document,
+        root_value=root_value,
+        context_value=context,
+        variable_values=variables,
+        operation_name=prepared.operation_name,
+        middleware=middleware,
+        execution_context_class=context_class,
+    )
 
 
 def execute(
@@ -295,19 +426,102 @@ def execute(
 
     Must not be called from an event loop thread: it blocks.
     """
-    result = graphql.execute(
-        schema,
-        prepared.document,
-        root_value=root_value,
-        context_value=context,
-        variable_values=variables,
-        operation_name=prepared.operation_name,
-        middleware=_middleware_manager(middleware, run_async),
+    result = _execute_document(
+        schema, prepared, variables, context, root_value, _middleware_manager(middleware, run_async)
     )
     if inspect.isawaitable(result):
         # Only reachable if a resolver escaped the middleware chain; keep the
         # contract (a value, never an awaitable) all the same.
         result = run_async(result)
+    return result  # type: ignore[return-value]
+
+
+def runs_on_loop(prepared: PreparedOperation, middleware: Sequence[Any]) -> bool:
+    """Whether ``execute_on_loop`` may run ``prepared`` under ``middleware``.
+
+    Every middleware must be async too: a sync one (a transaction around
+    each field, say) may block.
+    """
+    return prepared.async_only and all(
+        inspect.iscoroutinefunction(
+            item if inspect.isfunction(item) else getattr(item, "resolve", None)
+        )
+        for item in middleware
+    )
+
+
+class _LoopExecutionContext(ExecutionContext):
+    """graphql-core's, but a lone awaitable field is awaited, not gathered.
+
+    ``asyncio.gather`` wraps even a single awaitable in a task of its own: two
+    more turns of the event loop for every object whose fields resolve
+    asynchronously, about a third of what a small query costs on the loop
+    (measured). Several awaitable fields are still gathered, to run at once.
+    """
+
+    def execute_fields(
+        self,
+        parent_type: GraphQLObjectType,
+        source_value: Any,
+        path: Path | None,
+        fields: dict[str, list[FieldNode]],
+    ) -> Any:
+        results: dict[str, Any] = {}
+        awaiting: list[str] = []
+        for name, nodes in fields.items():
+            result = self.execute_field(
+                parent_type, source_value, nodes, Path(path, name, parent_type.name)
+            )
+            if result is not Undefined:
+                results[name] = result
+                if self.is_awaitable(result):
+                    awaiting.append(name)
+        if not awaiting:
+            return results
+        return _awaited(results, awaiting)
+
+
+async def _awaited(results: dict[str, Any], awaiting: list[str]) -> dict[str, Any]:
+    if len(awaiting) == 1:
+        name = awaiting[0]
+        results[name] = await results[name]
+    else:
+        values = await asyncio.gather(*(results[name] for name in awaiting))
+        results.update(zip(awaiting, values, strict=True))
+    return results
+
+
+#: Only for the graphql-core whose ``execute_fields`` it was written against.
+_LOOP_CONTEXT = _LoopExecutionContext if graphql.version_info[:2] == (3, 2) else ExecutionContext
+
+
+async def execute_on_loop(
+    schema: GraphQLSchema,
+    prepared: PreparedOperation,
+    *,
+    variables: dict[str, Any] | None,
+    context: Any,
+    middleware: Sequence[Any],
+    root_value: Any = None,
+) -> ExecutionResult:
+    """Run ``prepared`` on the running event loop (only if ``runs_on_loop``)."""
+    # Workers run this from several threads, each on a loop of its own.
+    manager = (
+        _cached_manager((_ON_LOOP, *middleware), lambda: MiddlewareManager(*middleware))
+        if middleware
+        else None
+    )
+    result = _execute_document(
+        schema, prepared, variables, context, root_value, manager, _LOOP_CONTEXT
+    )
+    if inspect.isawaitable(result):
+        if prepared.operation_type is OperationType.MUTATION:
+            # A stopped mutation runs to its end (its result is dropped), as
+            # in the pool: it is not left half done. A stopped query is
+            # cancelled: its resolvers stop at their next await.
+            result = await asyncio.shield(result)
+        else:
+            result = await result
     return result  # type: ignore[return-value]
 
 

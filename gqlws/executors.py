@@ -28,10 +28,12 @@ from .edge import Edge
 from .execution import (
     PreparedOperation,
     execute,
+    execute_on_loop,
     format_result,
     graphql_schema,
     middleware_list,
     run_on_loop,
+    runs_on_loop,
 )
 from .notify import LocalSubscriber
 from .phases import SubscribePhase, root_for
@@ -92,6 +94,18 @@ class EmbeddedExecutor:
         context: OperationContext,
     ) -> Outcome:
         root = root_for(phase)
+        middleware = middleware_list(consumer.middleware)
+        if phase == "execute" and runs_on_loop(prepared, middleware):
+            # Only async resolvers: nothing to keep off the loop, no thread hop.
+            result = await execute_on_loop(
+                graphql_schema(consumer.schema),
+                prepared,
+                variables=variables,
+                context=context,
+                middleware=middleware,
+                root_value=root,
+            )
+            return Outcome(format_result(result))
         result = await run_in_pool(
             consumer._executor(),
             execute,
@@ -99,7 +113,7 @@ class EmbeddedExecutor:
             prepared,
             variables=variables,
             context=context,
-            middleware=middleware_list(consumer.middleware),
+            middleware=middleware,
             run_async=run_on_loop(asyncio.get_running_loop()),
             root_value=root,
         )

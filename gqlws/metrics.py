@@ -155,7 +155,8 @@ EDGE_LAG = Gauge(
 )
 EDGE_PENDING = Gauge(
     "gqlws_edge_pending_deliveries",
-    "Deliveries that reached this edge and wait for its event loop to route them",
+    "Deliveries that reached this edge and wait for its event loop to route them "
+    "(one shared by a cohort's subscriptions counts once)",
     multiprocess_mode="livesum",
 )
 REORDER_WAITS = Counter(

@@ -27,6 +27,8 @@ class LiveSubscription:
     ended: bool = False
     #: Its Subscription class (``module.QualName``), the label of its metrics.
     name: str = "unknown"
+    #: The cohort key its ``subscribe`` phase computed (None: on its own).
+    cohort: bytes | None = None
 
 
 @dataclass(eq=False, slots=True)

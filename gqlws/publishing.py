@@ -25,7 +25,15 @@ from typing import Any
 
 from graphql import ExecutionResult
 
-from broadcast import Delivery, DeliveryKind, Event, EventKind, Subscriber
+from broadcast import (
+    Deliverable,
+    Delivery,
+    DeliveryKind,
+    Event,
+    EventKind,
+    SharedDelivery,
+    Subscriber,
+)
 
 from . import metrics
 from .execution import format_result
@@ -79,14 +87,21 @@ def deliveries_for(
     subscribers: Iterable[Subscriber],
     renderer: Callable[[Subscriber], Render],
     cohort: Callable[[Subscriber], Hashable | None],
-) -> dict[str, list[Delivery]]:
-    """Per edge, the deliveries of ``subscribers`` for ``event``, one render per cohort."""
+) -> dict[str, list[Deliverable]]:
+    """Per edge, the deliveries of ``subscribers`` for ``event``, one render per cohort.
+
+    A cohort's members on one edge share one ``SharedDelivery``.
+    """
     cohorts: dict[Hashable, list[Subscriber]] = defaultdict(list)
     singles: list[Subscriber] = []
     for subscriber in subscribers:
         key = cohort(subscriber)
         (singles if key is None else cohorts[key]).append(subscriber)
-    by_edge: dict[str, list[Delivery]] = defaultdict(list)
+    by_edge: dict[str, list[Deliverable]] = defaultdict(list)
+    # Counted once per call, not per subscriber: a metric's update takes
+    # locks, which the fan-out's threads would queue on (see
+    # ``execution._middleware_manager``).
+    computed: dict[str, int] = defaultdict(int)
     for members in [*cohorts.values(), *([single] for single in singles)]:
         try:
             if event.kind is EventKind.UNSUBSCRIBE:
@@ -97,8 +112,9 @@ def deliveries_for(
             LOG.exception("Preparing a notification of %r failed", event.group)
             body = encode_notification({"data": None, "errors": [_INTERNAL_ERROR]}, event)
             kind = DeliveryKind.RESULT
-        metrics.fanout_computed(kind.value, len(members))
-        for member in members:
+        computed[kind.value] += len(members)
+        if len(members) == 1:
+            (member,) = members
             by_edge[member.edge_id].append(
                 Delivery(
                     member.sub_id,
@@ -110,4 +126,17 @@ def deliveries_for(
                     event.issued_at,
                 )
             )
+            continue
+        # A cohort: one delivery per edge for all its members there.
+        sub_ids: dict[str, list[str]] = defaultdict(list)
+        for member in members:
+            sub_ids[member.edge_id].append(member.sub_id)
+        for edge_id, ids in sub_ids.items():
+            by_edge[edge_id].append(
+                SharedDelivery(
+                    tuple(ids), event.group, event.epoch, event.offset, kind, body, event.issued_at
+                )
+            )
+    for kind_value, count in computed.items():
+        metrics.fanout_computed(kind_value, count)
     return by_edge

@@ -28,21 +28,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from broadcast import Delivery, Fabric, Subscriber
+from broadcast import Deliverable, Fabric, Subscriber
 
 from . import metrics
 from .context import OperationContext, TrackingDict
 from .execution import (
     document_cache,
     execute,
+    execute_on_loop,
     format_error,
     format_result,
     graphql_schema,
     middleware_list,
+    runs_on_loop,
 )
 from .phases import PublishPhase, SubscribePhase, root_for
+from .pool import submit
 from .publishing import Render, deliveries_for
 from .serializer import SerializationError, deserialize, serialize
 
@@ -124,6 +128,20 @@ class WorkerScope(TrackingDict):
     """A scope snapshot on a worker: ``user`` and ``session`` load on first use."""
 
     def _load(self, key: str) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            value = self._loaded(key)
+        else:
+            # Asked by an async resolver, on this worker thread's private loop
+            # (``run_async``): Django refuses database access from a thread
+            # running a loop, so the load runs in a thread of its own. Blocking
+            # here stalls only this request.
+            value = submit(_loader(), self._loaded, key).result()
+        dict.__setitem__(self, key, value)  # loaded, not changed: not in the delta
+        return value
+
+    def _loaded(self, key: str) -> Any:
         if key == "session":
             from importlib import import_module
 
@@ -140,7 +158,6 @@ class WorkerScope(TrackingDict):
             value = AnonymousUser()
             if user_id is not None:
                 value = model._default_manager.filter(pk=user_id).first() or value
-        dict.__setitem__(self, key, value)  # loaded, not changed: not in the delta
         return value
 
     def __getitem__(self, key: str) -> Any:
@@ -176,6 +193,19 @@ class WorkerScope(TrackingDict):
         return changed, deleted
 
 
+_loaders: list[ThreadPoolExecutor] = []
+_loaders_lock = threading.Lock()
+
+
+def _loader() -> ThreadPoolExecutor:
+    """The threads that load a scope's user or session for async resolvers."""
+    if not _loaders:
+        with _loaders_lock:
+            if not _loaders:
+                _loaders.append(ThreadPoolExecutor(max_workers=4, thread_name_prefix="gqlws-scope"))
+    return _loaders[0]
+
+
 # ---- Running user code without an event loop of our own ----------------------
 
 _loops = threading.local()
@@ -204,12 +234,22 @@ def _run_phase(
 ) -> Any:
     schema = graphql_schema(consumer.schema)
     prepared = document_cache(schema).prepare(query, operation_name)
+    middleware = middleware_list(consumer.middleware)
+    context = OperationContext(scope, op_id, operation_name)
+    if root is None and runs_on_loop(prepared, middleware):
+        # A query or mutation of async resolvers only: all of it in one turn
+        # of this thread's loop, its fields concurrent, as on an edge.
+        return run_async(
+            execute_on_loop(
+                schema, prepared, variables=variables, context=context, middleware=middleware
+            )
+        )
     return execute(
         schema,
         prepared,
         variables=variables,
-        context=OperationContext(scope, op_id, operation_name),
-        middleware=middleware_list(consumer.middleware),
+        context=context,
+        middleware=middleware,
         run_async=run_async,
         root_value=root,
     )
@@ -358,7 +398,7 @@ def renotify(
         for sub_id, data in members
         if sub_id in present
     ]
-    redelivered: list[Delivery] = []
+    redelivered: list[Deliverable] = []
     for offset in offsets:
         event = fabric.event_at(group, epoch, offset)
         for deliveries in deliveries_for(event, subscribers, _renderer, _cohort).values():

@@ -22,7 +22,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from broadcast import Delivery, DeliveryKind, Position
+from broadcast import Delivery, DeliveryKind, Position, SharedDelivery
 
 from . import metrics, protocol
 from .context import OperationContext
@@ -83,11 +83,20 @@ class SubscriptionsMixin:
             return False
         live = LiveSubscription(f"{op_id}:{uuid.uuid4().hex}", prepared, variables, context)
         live.name = metrics.subscription_name(outcome.groups)
-        data = self._runner.subscriber_data(self, prepared, variables, context, outcome.cohort)
-        target = _Target(self, operation)
+        live.cohort = outcome.cohort
+        target = _Target(self, operation, live)
+        data = target.registration_data()
         registering = asyncio.ensure_future(
             Edge.current().subscribe(
-                live.sub_id, outcome.groups, data, target, _resume_positions(payload)
+                live.sub_id,
+                outcome.groups,
+                data,
+                target,
+                _resume_positions(payload),
+                # Serialized data (distributed: the request, scope included,
+                # ~0.7 KiB) is rebuilt from the live subscription when it is
+                # needed again, not kept for every idle one.
+                keep_data=not isinstance(data, bytes),
             )
         )
         try:
@@ -109,7 +118,7 @@ class SubscriptionsMixin:
             self._emit(operation, session.next(op_id, dict(self.subscription_confirmation_message)))
         return True
 
-    def _on_delivery(self, operation: Operation, delivery: Delivery) -> None:
+    def _on_delivery(self, operation: Operation, delivery: Delivery | SharedDelivery) -> None:
         """One notification of ``operation``, in order, on the event loop."""
         if self._operations.get(operation.op_id) is not operation or self._session is None:
             return
@@ -166,17 +175,28 @@ class _Target:
     ``functools.partial`` of a bound method was three (~0.25 KiB).
     """
 
-    __slots__ = ("consumer", "operation")
+    __slots__ = ("consumer", "live", "operation")
 
-    def __init__(self, consumer: SubscriptionsMixin, operation: Operation) -> None:
+    def __init__(
+        self, consumer: SubscriptionsMixin, operation: Operation, live: LiveSubscription
+    ) -> None:
         self.consumer = consumer
         self.operation = operation
+        self.live = live
 
-    def __call__(self, delivery: Delivery) -> None:
+    def __call__(self, delivery: Delivery | SharedDelivery) -> None:
         self.consumer._on_delivery(self.operation, delivery)
 
+    def registration_data(self) -> Any:
+        """What the fabric holds of this subscription, from its current context."""
+        live = self.live
+        consumer = self.consumer
+        return consumer._runner.subscriber_data(
+            consumer, live.prepared, live.variables, live.context, live.cohort
+        )
 
-def _resync_error(delivery: Delivery, ended: bool) -> dict[str, Any]:
+
+def _resync_error(delivery: Delivery | SharedDelivery, ended: bool) -> dict[str, Any]:
     """The error telling a client that notifications were lost and it must resync."""
     what = "The subscription ended" if ended else "Notifications may have been lost"
     return {

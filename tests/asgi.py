@@ -27,6 +27,7 @@ websocket_routes = URLRouter(
         path("graphql-unsendable/", schema.UnsendableAckConsumer.as_asgi()),
         path("graphql-limited/", schema.LimitedConsumer.as_asgi()),
         path("graphql-unlimited/", schema.UnlimitedConsumer.as_asgi()),
+        path("graphql-one-thread/", schema.OneThreadConsumer.as_asgi()),
         path("subscriptions/", subscription_schema.SubscriptionConsumer.as_asgi()),
         path("subscriptions-confirm/", subscription_schema.ConfirmingConsumer.as_asgi()),
         path("subscriptions-slow/", subscription_schema.SlowSocketConsumer.as_asgi()),

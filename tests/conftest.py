@@ -48,6 +48,18 @@ def cluster() -> Iterator[Any]:
         yield running
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    """A failing test of the cluster shows the tail of each of its processes' logs."""
+    outcome: Any = yield
+    report = outcome.get_result()
+    running = getattr(item, "funcargs", {}).get("cluster")
+    if report.failed and running is not None:
+        for process in [*running.edges, *running.workers]:
+            if process is not None:
+                report.sections.append((f"log of {process.log_path.name}", process.log_tail(60)))
+
+
 @contextlib.contextmanager
 def distributed_runtime(redis_url: str) -> Iterator[None]:
     """Switch this test process to distributed mode (it broadcasts through Redis)."""
@@ -90,6 +102,12 @@ def uvicorn_server() -> Iterator[processes.ServerProcess]:
         "tests.asgi:application", log_dir, server="uvicorn", env=env
     ) as server:
         yield server
+
+
+@pytest.fixture(params=["graphql-transport-ws", "graphql-ws"])
+def subprotocol(request: pytest.FixtureRequest) -> str:
+    """Each subprotocol in turn."""
+    return str(request.param)
 
 
 @pytest.fixture(params=["communicator", "daphne", "uvicorn"])

@@ -15,6 +15,19 @@ import gqlws
 #: Order in which ``record`` mutations ran, to check strict ordering.
 RECORDED: list[str] = []
 
+#: Rendezvous of ``asyncMeet`` fields, by key: (everyone arrived, how many did).
+_MEETINGS: dict[str, tuple[asyncio.Event, list[None]]] = {}
+#: What ``blockUntilReleased`` waits for, by key; ``asyncRelease`` sets it.
+_RELEASES: dict[str, threading.Event] = {}
+_RELEASES_LOCK = threading.Lock()
+#: How long a rendezvous or a block waits before giving up (a test then fails).
+WAIT_LIMIT = 10.0
+
+
+def _release(key: str) -> threading.Event:
+    with _RELEASES_LOCK:
+        return _RELEASES.setdefault(key, threading.Event())
+
 
 class Query(graphene.ObjectType):
     hello = graphene.String(name=graphene.String(default_value="world"))
@@ -26,6 +39,15 @@ class Query(graphene.ObjectType):
     context_value = graphene.String(key=graphene.String(required=True))
     fail = graphene.String()
     operation_id = graphene.String()
+    async_meet = graphene.String(
+        key=graphene.String(required=True),
+        parties=graphene.Int(required=True),
+        description="Waits until `parties` fields of this key are all resolving at once",
+    )
+    block_until_released = graphene.String(
+        key=graphene.String(required=True), description="Holds its thread until released"
+    )
+    async_release = graphene.String(key=graphene.String(required=True))
 
     @staticmethod
     def resolve_hello(root: Any, info: Any, name: str) -> str:
@@ -61,6 +83,27 @@ class Query(graphene.ObjectType):
         return threading.current_thread().name
 
     @staticmethod
+    async def resolve_async_meet(root: Any, info: Any, key: str, parties: int) -> str:
+        everyone, arrived = _MEETINGS.setdefault(key, (asyncio.Event(), []))
+        arrived.append(None)
+        if len(arrived) >= parties:
+            everyone.set()
+        try:
+            await asyncio.wait_for(everyone.wait(), WAIT_LIMIT)
+        except asyncio.TimeoutError:
+            return "alone"  # the others resolve one after the other, not at once
+        return "met"
+
+    @staticmethod
+    def resolve_block_until_released(root: Any, info: Any, key: str) -> str:
+        return "released" if _release(key).wait(WAIT_LIMIT) else "never released"
+
+    @staticmethod
+    async def resolve_async_release(root: Any, info: Any, key: str) -> str:
+        _release(key).set()
+        return "done"
+
+    @staticmethod
     def resolve_context_value(root: Any, info: Any, key: str) -> str | None:
         value = info.context.get(key)
         return None if value is None else str(value)
@@ -88,8 +131,25 @@ class SetContext(graphene.Mutation):
         return SetContext(ok=True)
 
 
+class AsyncRecord(graphene.Mutation):
+    """Sleeps, then records its tag: what a stopped mutation still does."""
+
+    class Arguments:
+        seconds = graphene.Float(required=True)
+        tag = graphene.String(required=True)
+
+    ok = graphene.Boolean()
+
+    @staticmethod
+    async def mutate(root: Any, info: Any, seconds: float, tag: str) -> AsyncRecord:
+        await asyncio.sleep(seconds)
+        RECORDED.append(tag)
+        return AsyncRecord(ok=True)
+
+
 class Mutation(graphene.ObjectType):
     set_context = SetContext.Field()
+    async_record = AsyncRecord.Field()
 
 
 schema = graphene.Schema(query=Query, mutation=Mutation)
@@ -171,6 +231,12 @@ class UnlimitedConsumer(Consumer):
     """No rate limit: benchmarks' closed loops of queries outrun the default."""
 
     rate_limit = None
+
+
+class OneThreadConsumer(Consumer):
+    """One pool thread: a blocked sync resolver holds it."""
+
+    max_worker_threads = 1
 
 
 class LimitedConsumer(Consumer):

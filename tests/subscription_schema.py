@@ -17,6 +17,7 @@ from tests import schema as base_schema
 class Query(base_schema.Query):
     process = graphene.String(description="Where resolvers run: the process's command name")
     whoami = graphene.String()
+    async_whoami = graphene.String()
 
     @staticmethod
     def resolve_process(root: Any, info: Any) -> str:
@@ -27,6 +28,11 @@ class Query(base_schema.Query):
 
     @staticmethod
     def resolve_whoami(root: Any, info: Any) -> str:
+        user = info.context.user
+        return user.username if user.is_authenticated else "anonymous"
+
+    @staticmethod
+    async def resolve_async_whoami(root: Any, info: Any) -> str:
         user = info.context.user
         return user.username if user.is_authenticated else "anonymous"
 

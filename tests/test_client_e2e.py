@@ -43,11 +43,6 @@ async def make_client(request: pytest.FixtureRequest) -> AsyncIterator[MakeClien
             await client.finalize()
 
 
-@pytest.fixture(params=["graphql-transport-ws", "graphql-ws"])
-def subprotocol(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 async def test_client_executes_queries_and_mutations(
     make_client: MakeClient, subprotocol: str
 ) -> None:

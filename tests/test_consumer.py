@@ -54,11 +54,6 @@ class Conn:
         return payload
 
 
-@pytest.fixture(params=["graphql-transport-ws", "graphql-ws"])
-def subprotocol(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 async def test_sync_resolvers_run_in_the_worker_threads_and_async_ones_on_the_loop(
     connect: Connect, subprotocol: str
 ) -> None:

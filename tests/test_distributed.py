@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import uuid
 from typing import Any
 
 import pytest
@@ -91,6 +92,9 @@ async def test_resolvers_run_on_workers_and_see_the_connections_user_and_context
     login = 'mutation { login(username: "worker-user", password: "secret") { ok } }'
     assert await client.execute(login) == {"data": {"login": {"ok": True}}}
     assert await client.execute("{ whoami }") == {"data": {"whoami": "worker-user"}}
+    # An async resolver runs on the worker's loop, where Django refuses the
+    # database: the user still loads (in a thread of its own).
+    assert await client.execute("{ asyncWhoami }") == {"data": {"asyncWhoami": "worker-user"}}
 
     await client.execute('mutation { setName(name: "stored by a worker") { ok } }')
     assert await client.execute('{ contextValue(key: "name") }') == {
@@ -98,6 +102,16 @@ async def test_resolvers_run_on_workers_and_see_the_connections_user_and_context
     }
     other = await edge_clients(1)
     assert await other.execute("{ whoami }") == {"data": {"whoami": "anonymous"}}
+
+
+async def test_a_workers_async_fields_of_one_query_run_at_once(
+    cluster: Any, edge_clients: Any
+) -> None:
+    client = await edge_clients(0)
+    key = uuid.uuid4().hex
+    # Each field waits until both are resolving: one after the other, neither meets.
+    query = f'{{ a: asyncMeet(key: "{key}", parties: 2) b: asyncMeet(key: "{key}", parties: 2) }}'
+    assert await client.execute(query) == {"data": {"a": "met", "b": "met"}}
 
 
 async def test_a_context_value_that_cannot_travel_is_an_error_naming_the_key(

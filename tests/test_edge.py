@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import gqlws.edge as edge_module
-from broadcast import Delivery, DeliveryKind, EventKind, InMemoryFabric, Position
+from broadcast import Delivery, DeliveryKind, EventKind, InMemoryFabric, Position, SharedDelivery
 from gqlws import runtime
 from gqlws.edge import Edge, _repair_tasks
 
@@ -35,6 +35,14 @@ class Recorder:
         return self.items
 
 
+async def until_sent(sent: list[Any], timeout: float = 5.0) -> None:
+    """Wait until a repair request was sent (``runtime.renotify`` patched to record it)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not sent:
+        assert asyncio.get_running_loop().time() < deadline, "no repair was requested"
+        await asyncio.sleep(0.01)
+
+
 def result(position: Position, offset: int, group: str = "g", sub_id: str = "s") -> Delivery:
     return Delivery(sub_id, group, position.epoch, offset, DeliveryKind.RESULT, {"n": offset})
 
@@ -44,6 +52,7 @@ async def edge() -> Edge:
     fabric = InMemoryFabric(history_limit=3)
     edge = Edge(asyncio.get_running_loop(), fabric)
     edge.gap_wait = 0.05
+    edge.trimmed_gap_wait = 0.2
     return edge
 
 
@@ -57,6 +66,60 @@ async def test_deliveries_are_released_in_offset_order_and_duplicates_dropped(ed
     assert edge.duplicates == 2
 
 
+async def test_a_shared_delivery_reaches_each_of_its_subscriptions_in_its_own_order(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime, "renotify", lambda *args: None)
+    ahead, behind, gone = Recorder(), Recorder(), Recorder()
+    position = (await edge.subscribe("ahead", ["g"], None, ahead))["g"]
+    await edge.subscribe("behind", ["g"], None, behind)
+    await edge.subscribe("gone", ["g"], None, gone)
+    await edge.unsubscribe("gone")
+
+    def shared(offset: int, *sub_ids: str) -> SharedDelivery:
+        body = {"n": offset}
+        return SharedDelivery(sub_ids, "g", position.epoch, offset, DeliveryKind.RESULT, body)
+
+    first, second = position.offset + 1, position.offset + 2
+    edge._route([shared(first, "ahead", "gone")])  # "behind" missed the first
+    edge._route([shared(second, "ahead", "behind", "gone")])
+    assert [d.offset for d in await ahead.wait_for(2)] == [first, second]
+    assert behind.items == []  # the second waits for the first
+    edge._route([result(position, first, sub_id="behind")])
+    assert [d.offset for d in await behind.wait_for(2)] == [first, second]
+    assert gone.items == []
+    # Handed as is: one object, the same body, for every subscription.
+    assert ahead.items[1] is behind.items[1] and ahead.items[1].body == {"n": second}
+
+
+async def test_a_shared_delivery_before_registration_ends_is_kept_for_each_subscription(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fabric = edge.fabric
+    registered, release = asyncio.Event(), asyncio.Event()
+    register = fabric.register
+
+    async def slow_register(*args: Any) -> Any:
+        positions = await register(*args)  # registered in the fabric...
+        registered.set()
+        await release.wait()  # ...but the edge does not know its position yet
+        return positions
+
+    monkeypatch.setattr(fabric, "register", slow_register)
+    target = Recorder()
+    registering = asyncio.ensure_future(edge.subscribe("early", ["g"], None, target))
+    await registered.wait()
+    event = fabric.issue("g", EventKind.PUBLISH, b"1")
+    kind = DeliveryKind.RESULT
+    edge._route([SharedDelivery(("early", "other"), "g", event.epoch, event.offset, kind, "x")])
+    assert edge._routes["early"].early == [
+        Delivery("early", "g", event.epoch, event.offset, kind, "x")
+    ]
+    release.set()
+    await registering
+    assert [(d.sub_id, d.offset) for d in await target.wait_for(1)] == [("early", event.offset)]
+
+
 async def test_a_gap_that_history_holds_is_recomputed_by_a_worker(
     edge: Edge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -67,13 +130,50 @@ async def test_a_gap_that_history_holds_is_recomputed_by_a_worker(
     first = edge.fabric.issue("g", EventKind.PUBLISH, b"1")
     second = edge.fabric.issue("g", EventKind.PUBLISH, b"2")
     edge._route([result(position, second.offset)])  # the first one went missing
-    deadline = asyncio.get_running_loop().time() + 5
-    while not sent:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.01)
+    await until_sent(sent)
     assert sent[0] == (edge.edge_id, "g", position.epoch, [first.offset], [("s", b"registration")])
     edge._route([result(position, first.offset)])  # what the worker sends back
     assert [d.offset for d in await target.wait_for(2)] == [first.offset, second.offset]
+
+
+class Rebuilding(Recorder):
+    """A target that rebuilds its registration data (what changed since is in it)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = data
+
+    def registration_data(self) -> bytes:
+        return self.data
+
+
+async def test_data_not_kept_is_rebuilt_for_a_repair_and_a_new_registration(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(runtime, "renotify", lambda *args: sent.append(args))
+    fabric = edge.fabric
+    assert isinstance(fabric, InMemoryFabric)
+    target = Rebuilding(b"at subscribe")
+    position = (await edge.subscribe("s", ["g"], b"at subscribe", target, keep_data=False))["g"]
+    assert [s.data for s in fabric.subscribers("g", position.offset + 1)] == [b"at subscribe"]
+    assert edge._routes["s"].data is edge_module._REBUILT  # not kept while it idles
+    target.data = b"rebuilt"
+    first = fabric.issue("g", EventKind.PUBLISH, b"1")
+    second = fabric.issue("g", EventKind.PUBLISH, b"2")
+    edge._route([result(position, second.offset)])  # the first one went missing
+    await until_sent(sent)
+    assert sent[0] == (edge.edge_id, "g", position.epoch, [first.offset], [("s", b"rebuilt")])
+    fabric._groups.clear()  # what a Redis restart does to the registry and the streams
+    fabric._edges.clear()
+    await edge._reregister()
+    assert [s.data for s in fabric.subscribers("g", 1)] == [b"rebuilt"]
+
+
+async def test_data_not_kept_needs_a_target_that_rebuilds_it(edge: Edge) -> None:
+    with pytest.raises(TypeError, match="registration_data"):
+        await edge.subscribe("s", ["g"], b"data", Recorder(), keep_data=False)
+    assert len(edge) == 0
 
 
 async def test_a_gap_history_no_longer_holds_ends_the_subscription_as_lost(edge: Edge) -> None:
@@ -85,6 +185,34 @@ async def test_a_gap_history_no_longer_holds_ends_the_subscription_as_lost(edge:
     assert lost.kind is DeliveryKind.LOST
     assert "no longer holds" in lost.body
     assert len(edge) == 0
+
+
+async def test_a_gap_history_no_longer_holds_still_fills_if_its_fan_out_comes_late(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A burst issued faster than the workers fan out runs more than a
+    # history's length ahead of them: the missing fan-out is late, not lost.
+    looked_up = asyncio.Event()
+    event_at = edge.fabric.event_at
+
+    def recording_event_at(*args: Any) -> Any:
+        try:
+            return event_at(*args)
+        finally:
+            edge._loop.call_soon_threadsafe(looked_up.set)
+
+    monkeypatch.setattr(edge.fabric, "event_at", recording_event_at)
+    target = Recorder()
+    position = (await edge.subscribe("s", ["g"], None, target))["g"]
+    events = [edge.fabric.issue("g", EventKind.PUBLISH, b"x") for _ in range(5)]
+    edge._route([result(position, events[-1].offset)])  # 1..4 missing, history keeps 3
+    await asyncio.wait_for(looked_up.wait(), 5)  # found trimmed
+    edge._route([result(position, event.offset) for event in reversed(events[:-1])])
+    released = await target.wait_for(5)
+    await asyncio.sleep(edge.trimmed_gap_wait * 2)  # past the time it would have been lost
+    assert [d.offset for d in released] == [e.offset for e in events]
+    assert {d.kind for d in released} == {DeliveryKind.RESULT}
+    assert len(edge) == 1
 
 
 async def test_a_delivery_of_another_epoch_ends_the_subscription_as_lost(edge: Edge) -> None:

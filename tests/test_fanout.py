@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from broadcast import Delivery, DeliveryKind, EventKind, InMemoryFabric
+from broadcast import Delivery, DeliveryKind, EventKind, InMemoryFabric, SharedDelivery
 from gqlws.remote import fan_out
 from gqlws.serializer import serialize
 
@@ -52,14 +52,13 @@ async def test_five_thousand_identical_subscribers_cost_one_publish_and_one_enco
     fabric = InMemoryFabric()
     set_fabric(fabric)
     try:
-        received: list[Delivery] = []
+        received: list[Delivery | SharedDelivery] = []
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
 
-        def sink(batch: list[Delivery]) -> None:
+        def sink(batch: list[Delivery | SharedDelivery]) -> None:
             received.extend(batch)
-            if len(received) >= 5000:
-                loop.call_soon_threadsafe(done.set)
+            loop.call_soon_threadsafe(done.set)
 
         fabric.attach_edge("edge", sink)
         prepared = SubscriptionConsumer._documents().prepare("subscription { sharedNews { text } }")
@@ -77,9 +76,15 @@ async def test_five_thousand_identical_subscribers_cost_one_publish_and_one_enco
         )
         await asyncio.wait_for(done.wait(), 30)
         assert SharedNews.calls == 1
-        assert len(received) == 5000 and {d.offset for d in received} == {event.offset}
-        assert len({id(d.body) for d in received}) == 1  # encoded once, shared by all
-        assert '"text":"hi"' in received[0].body
+        # One delivery, encoded once, for all 5000 subscriptions of the edge.
+        (shared,) = received
+        assert isinstance(shared, SharedDelivery)
+        assert sorted(shared.sub_ids) == sorted(f"s{index}" for index in range(5000))
+        assert shared.offset == event.offset and shared.kind is DeliveryKind.RESULT
+        assert '"text":"hi"' in shared.body
+        assert shared.one("s7") == Delivery(
+            "s7", shared.group, shared.epoch, shared.offset, shared.kind, shared.body
+        )
     finally:
         set_fabric(None)
         assert get_fabric() is not fabric

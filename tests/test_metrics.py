@@ -309,7 +309,7 @@ async def test_a_resync_notice_and_a_lost_subscription_count_as_resyncs(
     since = Since()
     # What the edge hands a subscription whose group's stream restarted...
     notice = Delivery(sub_id, full, "epoch", 0, DeliveryKind.RESYNC, "the stream was restarted")
-    edge._hand(route, notice)
+    edge._hand(route, sub_id, notice)
     with pytest.raises(GraphqlWsResponseError, match="resync"):
         await sub.next(timeout=5)
     assert since("gqlws_resyncs_total", kind="resync") == 1

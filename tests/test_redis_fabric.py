@@ -7,6 +7,7 @@ that restart Redis get a server of their own.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -19,7 +20,15 @@ import redis
 from redis.crc import key_slot
 
 import broadcast.redis as redis_fabric_module
-from broadcast import Delivery, DeliveryKind, EventKind, HistoryLost, Reply
+from broadcast import (
+    Delivery,
+    DeliveryKind,
+    EventKind,
+    HistoryLost,
+    HistoryTrimmed,
+    Reply,
+    SharedDelivery,
+)
 from broadcast.redis import RedisFabric
 from tests.redis_server import RedisServer, redis_server
 
@@ -128,15 +137,15 @@ def test_history_returns_the_events_after_an_offset(fabric: RedisFabric) -> None
         fabric.event_at("g", epoch, 6)
 
 
-def test_trimmed_history_raises_history_lost(server: RedisServer, client: redis.Redis) -> None:
+def test_trimmed_history_raises_history_trimmed(server: RedisServer, client: redis.Redis) -> None:
     fabric = make_fabric(server.url, history_length=10)
     events = [fabric.issue("g", PUBLISH, b"x") for _ in range(400)]
     epoch = events[0].epoch
     # Trimming is approximate (whole stream nodes) but bounded.
     assert client.xlen(fabric._group_base("g") + "events") < 400
-    with pytest.raises(HistoryLost, match="no longer holds offset 1"):
+    with pytest.raises(HistoryTrimmed, match="no longer holds offset 1"):
         fabric.history("g", 0, epoch)
-    with pytest.raises(HistoryLost):
+    with pytest.raises(HistoryTrimmed):
         fabric.event_at("g", epoch, 1)
     assert fabric.history("g", 395, epoch) == events[395:]
     fabric.close()
@@ -147,10 +156,12 @@ def test_a_flushed_redis_loses_history_and_the_next_issue_starts_a_new_epoch(
 ) -> None:
     old = [fabric.issue("g", PUBLISH, b"x") for _ in range(3)]
     client.flushall()
-    with pytest.raises(HistoryLost, match="new epoch"):
+    with pytest.raises(HistoryLost, match="new epoch") as lost:
         fabric.history("g", 1, old[0].epoch)
-    with pytest.raises(HistoryLost):
+    assert not isinstance(lost.value, HistoryTrimmed)  # nothing of that epoch will come
+    with pytest.raises(HistoryLost) as lost:
         fabric.event_at("g", old[0].epoch, 3)
+    assert not isinstance(lost.value, HistoryTrimmed)
     new = fabric.issue("g", PUBLISH, b"y")
     assert new.epoch != old[0].epoch
     assert new.offset == 1
@@ -368,6 +379,21 @@ async def test_deliveries_and_replies_reach_the_attached_edge_in_order_and_in_ba
     await until(lambda: client.xlen(stream) == 0)  # read entries are trimmed
 
 
+async def test_a_shared_delivery_travels_as_one_item_with_its_subscriptions(
+    edge_fabric: RedisFabric, client: redis.Redis
+) -> None:
+    fabric = edge_fabric
+    sink = Collector()
+    fabric.attach_edge("edge1", sink)
+    shared = SharedDelivery(("a", "b", "c"), "g", "ep", 7, DeliveryKind.RESULT, "{}", 1.5)
+    fabric.deliver("edge1", [result("s", "g", "ep", 7), shared])
+    await until(lambda: len(sink.items) >= 2)
+    single, received = sink.items
+    assert single == result("s", "g", "ep", 7)
+    assert isinstance(received, SharedDelivery) and received == shared
+    assert received.sub_ids == ("a", "b", "c") and received.issued_at == 1.5
+
+
 def _xtrims(client: redis.Redis) -> int:
     return int(client.info("commandstats").get("cmdstat_xtrim", {}).get("calls", 0))
 
@@ -422,6 +448,22 @@ async def test_deliver_to_an_unknown_or_detached_edge_creates_no_stream(
     assert not client.exists(fabric._edge_base("gone") + "stream")
     assert not client.exists(fabric._edge_base("gone") + "subs")
     assert list(fabric.subscribers("g", 10)) == []
+
+
+async def test_a_reply_to_an_edge_not_registered_is_dropped_with_a_warning(
+    edge_fabric: RedisFabric, client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    fabric = edge_fabric
+    sink = Collector()
+    fabric.attach_edge("edge1", sink)
+    await until(lambda: client.zscore(fabric._edges_key, "edge1") is not None)
+    with caplog.at_level(logging.WARNING, logger="broadcast.redis"):
+        fabric.reply("edge1", "answered", b"")
+        fabric.reply("nobody", "lost-request", b"")
+    await until(lambda: sink.items)
+    assert [item.request_id for item in sink.items] == ["answered"]
+    [warning] = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert "lost-request" in warning and "nobody" in warning and "not registered" in warning
 
 
 async def test_a_dead_edge_is_swept_with_its_registrations_and_stream(

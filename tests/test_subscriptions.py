@@ -37,11 +37,6 @@ SET_NAME = "mutation($name: String!) { setName(name: $name) { ok } }"
 MakeClient = Callable[..., Any]
 
 
-@pytest.fixture(params=["graphql-transport-ws", "graphql-ws"])
-def subprotocol(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(params=["embedded", "distributed"])
 def mode(request: pytest.FixtureRequest) -> Iterator[str]:
     """Both modes: one process, or 2 Daphne edges + 2 Celery workers + Redis."""
