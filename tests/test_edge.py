@@ -215,6 +215,36 @@ async def test_a_gap_history_no_longer_holds_still_fills_if_its_fan_out_comes_la
     assert len(edge) == 1
 
 
+async def test_a_delivery_to_many_subscriptions_is_routed_a_slice_per_loop_turn(
+    edge: Edge,
+) -> None:
+    # One loop turn for 1,000 sends held back the loop's other work (the
+    # reply to the mutation that broadcast, the next frames read) for tens of
+    # milliseconds per broadcast.
+    count = 3 * edge_module._ROUTE_SLICE + 7
+    targets = {f"s{i}": Recorder() for i in range(count)}
+    for sub_id, target in targets.items():
+        await edge.subscribe(sub_id, ["g"], None, target)
+    events = [edge.fabric.issue("g", EventKind.PUBLISH, b"x") for _ in range(2)]
+    seen_between: list[int] = []
+
+    def handed() -> int:
+        return sum(len(target.items) for target in targets.values())
+
+    for event in events:
+        shared = SharedDelivery(tuple(targets), "g", event.epoch, event.offset, DeliveryKind.RESULT)
+        edge._arrived([shared])
+    assert handed() == edge_module._ROUTE_SLICE  # the first slice, now
+    asyncio.get_running_loop().call_soon(lambda: seen_between.append(handed()))
+    deadline = asyncio.get_running_loop().time() + 5
+    while handed() < 2 * count:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0)
+    assert 0 < seen_between[0] < 2 * count  # other work ran between the slices
+    for target in targets.values():
+        assert [d.offset for d in target.items] == [e.offset for e in events]  # in order
+
+
 async def test_a_delivery_of_another_epoch_ends_the_subscription_as_lost(edge: Edge) -> None:
     target = Recorder()
     await edge.subscribe("s", ["g"], None, target)
