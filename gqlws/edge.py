@@ -324,7 +324,6 @@ class Edge:
             self.fabric.detach_edge(self.edge_id)
 
     def _arrived(self, deliveries: Sequence[Delivery | SharedDelivery | Reply]) -> None:
-        metrics.deliveries_routed(len(deliveries))
         self._backlog.append(deliveries)
         if len(self._backlog) == 1:  # else a slice is already scheduled
             self._route_slice()
@@ -357,6 +356,7 @@ class Edge:
                     budget -= 1
                 index += 1
             backlog.popleft()
+            metrics.deliveries_routed(len(batch))  # pending until routed, not until queued
             index = 0
         self._cursor = (0, 0)
 

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 import gqlws.edge as edge_module
 from broadcast import Delivery, DeliveryKind, EventKind, InMemoryFabric, Position, SharedDelivery
@@ -231,16 +232,23 @@ async def test_a_delivery_to_many_subscriptions_is_routed_a_slice_per_loop_turn(
     def handed() -> int:
         return sum(len(target.items) for target in targets.values())
 
+    def pending() -> float:
+        return REGISTRY.get_sample_value("gqlws_edge_pending_deliveries") or 0.0
+
+    before = pending()
     for event in events:
         shared = SharedDelivery(tuple(targets), "g", event.epoch, event.offset, DeliveryKind.RESULT)
-        edge._arrived([shared])
-    assert handed() == edge_module._ROUTE_SLICE  # the first slice, now
+        edge._sink([shared])  # as a fan-out on the loop's thread hands it: routed in a callback
+    await asyncio.sleep(0)  # the two arrivals run; routing stops after one slice
+    assert handed() == edge_module._ROUTE_SLICE
+    assert pending() - before == 2  # both batches count as pending until routed
     asyncio.get_running_loop().call_soon(lambda: seen_between.append(handed()))
     deadline = asyncio.get_running_loop().time() + 5
     while handed() < 2 * count:
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0)
     assert 0 < seen_between[0] < 2 * count  # other work ran between the slices
+    assert pending() == before
     for target in targets.values():
         assert [d.offset for d in target.items] == [e.offset for e in events]  # in order
 
