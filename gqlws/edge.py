@@ -352,7 +352,7 @@ class Edge:
                         continue
                     start = 0
                 else:
-                    self._route((delivery,))
+                    self._route_single(delivery)
                     budget -= 1
                 index += 1
             backlog.popleft()
@@ -362,18 +362,22 @@ class Edge:
 
     def _route(self, deliveries: Sequence[Delivery | SharedDelivery | Reply]) -> None:
         for delivery in deliveries:
-            if isinstance(delivery, Delivery):
-                self._route_one(delivery.sub_id, delivery)
-            elif isinstance(delivery, SharedDelivery):
+            if isinstance(delivery, SharedDelivery):
                 # One object for all its subscriptions: what they are handed
                 # reads the same for each (kind, body, position), so it is
                 # handed as is.
                 for sub_id in delivery.sub_ids:
                     self._route_one(sub_id, delivery)
             else:
-                waiting = self._replies.get(delivery.request_id)
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(delivery.body)
+                self._route_single(delivery)
+
+    def _route_single(self, delivery: Delivery | Reply) -> None:
+        if isinstance(delivery, Delivery):
+            self._route_one(delivery.sub_id, delivery)
+            return
+        waiting = self._replies.get(delivery.request_id)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(delivery.body)
 
     def _route_one(self, sub_id: str, delivery: Delivery | SharedDelivery) -> None:
         route = self._routes.get(sub_id)
@@ -504,16 +508,16 @@ class Edge:
             # still there, so are the others.
             await asyncio.to_thread(self.fabric.event_at, group, epoch, min(offsets))
         except HistoryTrimmed as error:
-            for sub_id, _ in members:
-                self._loop.call_later(
-                    self.trimmed_gap_wait,
-                    self._lose_if_missing,
-                    sub_id,
-                    group,
-                    epoch,
-                    min(offsets),
-                    str(error),
-                )
+            sub_ids = [sub_id for sub_id, _ in members]
+            self._loop.call_later(
+                self.trimmed_gap_wait,
+                self._lose_if_missing,
+                sub_ids,
+                group,
+                epoch,
+                min(offsets),
+                str(error),
+            )
             return
         except HistoryLost as error:
             for sub_id, _ in members:
@@ -530,12 +534,15 @@ class Edge:
             else:
                 runtime.renotify(*args)
 
-    def _lose_if_missing(self, sub_id: str, group: str, epoch: str, offset: int, why: str) -> None:
-        """End the subscription as lost if ``offset`` has still not arrived."""
-        route = self._routes.get(sub_id)
-        order = route.orders.get(group) if route is not None and route.orders else None
-        if order is not None and order.epoch == epoch and order.last < offset:
-            self._lose(sub_id, group, why)
+    def _lose_if_missing(
+        self, sub_ids: list[str], group: str, epoch: str, offset: int, why: str
+    ) -> None:
+        """End as lost each of the subscriptions ``offset`` has still not reached."""
+        for sub_id in sub_ids:
+            route = self._routes.get(sub_id)
+            order = route.orders.get(group) if route is not None and route.orders else None
+            if order is not None and order.epoch == epoch and order.last < offset:
+                self._lose(sub_id, group, why)
 
     # ---- Tails: the last notifications of a group, with nothing after to show a gap ----
 

@@ -28,7 +28,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from broadcast import Deliverable, Fabric, Subscriber
@@ -46,7 +45,7 @@ from .execution import (
     runs_on_loop,
 )
 from .phases import PublishPhase, SubscribePhase, root_for
-from .pool import submit
+from .pool import executor_for, submit
 from .publishing import Render, deliveries_for
 from .serializer import SerializationError, deserialize, serialize
 
@@ -137,7 +136,7 @@ class WorkerScope(TrackingDict):
             # (``run_async``): Django refuses database access from a thread
             # running a loop, so the load runs in a thread of its own. Blocking
             # here stalls only this request.
-            value = submit(_loader(), self._loaded, key).result()
+            value = submit(executor_for(WorkerScope, 4), self._loaded, key).result()
         dict.__setitem__(self, key, value)  # loaded, not changed: not in the delta
         return value
 
@@ -191,19 +190,6 @@ class WorkerScope(TrackingDict):
         if session is not None and getattr(session, "session_key", None):
             changed["__session_key"] = session.session_key
         return changed, deleted
-
-
-_loaders: list[ThreadPoolExecutor] = []
-_loaders_lock = threading.Lock()
-
-
-def _loader() -> ThreadPoolExecutor:
-    """The threads that load a scope's user or session for async resolvers."""
-    if not _loaders:
-        with _loaders_lock:
-            if not _loaders:
-                _loaders.append(ThreadPoolExecutor(max_workers=4, thread_name_prefix="gqlws-scope"))
-    return _loaders[0]
 
 
 # ---- Running user code without an event loop of our own ----------------------
