@@ -176,6 +176,7 @@ class Edge:
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fabric: Fabric) -> None:
+        runtime.tune_gc()  # this process serves: see there
         self.edge_id = uuid.uuid4().hex
         self.fabric = fabric
         self.gap_wait = runtime.settings().GAP_WAIT

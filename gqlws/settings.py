@@ -100,6 +100,9 @@ class Settings:
     #: Put payloads, variables, close reasons and error messages in log records (debugging
     #: only: they may hold tokens and personal data). Off: ids, codes and counts only.
     LOG_PAYLOADS: bool = False
+    #: Tune the garbage collector of a process that serves WebSockets or runs fan-out
+    #: for a large long-lived heap (``gqlws.runtime.tune_gc``). False: leave it alone.
+    TUNE_GC: bool = True
 
     @property
     def distributed(self) -> bool:
@@ -126,6 +129,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "WORKER_METRICS_PORT": (_optional_port, "None or a TCP port number"),
     "WORKER_METRICS_ADDR": (_name, "an IP address or host name"),
     "LOG_PAYLOADS": (_boolean, "True or False"),
+    "TUNE_GC": (_boolean, "True or False"),
 }
 
 

@@ -7,14 +7,14 @@ import os
 
 import django
 from celery import Celery
-from celery.signals import worker_process_shutdown, worker_ready
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example.settings")
 django.setup()
 
 from django.conf import settings as django_settings  # noqa: E402
 
-from gqlws import kombu_redis, ops  # noqa: E402
+from gqlws import kombu_redis, ops, runtime  # noqa: E402
 from gqlws.settings import get_settings  # noqa: E402
 
 app = Celery("gqlws")
@@ -63,3 +63,8 @@ for _name in ("celery.worker.strategy", "celery.app.trace"):
 # pool is up (prefork children write to PROMETHEUS_MULTIPROC_DIR: gqlws.ops).
 worker_ready.connect(ops.start_worker_metrics_server, weak=False)
 worker_process_shutdown.connect(ops.mark_process_dead, weak=False)
+# A worker renders fan-outs like an edge: the same collector tuning
+# (GQLWS["TUNE_GC"]), in the main process (threads pool) and in each
+# prefork child.
+worker_ready.connect(runtime.tune_gc_signal, weak=False)
+worker_process_init.connect(runtime.tune_gc_signal, weak=False)
