@@ -41,13 +41,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import enum
 import functools
 import inspect
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import graphql
@@ -71,6 +72,8 @@ from graphql import (
     specified_rules,
 )
 from graphql.execution import ExecutionContext
+from graphql.execution.execute import default_field_resolver, default_type_resolver
+from graphql.execution.values import get_variable_values
 from graphql.pyutils import Path, Undefined
 from graphql.utilities import get_operation_ast
 
@@ -78,6 +81,7 @@ __all__ = [
     "DocumentCache",
     "InvalidDocument",
     "PreparedOperation",
+    "coerce_variables",
     "document_cache",
     "execute",
     "execute_on_loop",
@@ -136,6 +140,9 @@ class PreparedOperation:
     #: A query or mutation whose every selected field has an ``async def``
     #: resolver: nothing in it may block, it can run on the event loop.
     async_only: bool = False
+    #: The operation that runs and the document's fragments, found once.
+    definition: OperationDefinitionNode | None = field(default=None, compare=False)
+    fragments: dict[str, FragmentDefinitionNode] = field(default_factory=dict, compare=False)
 
 
 class DocumentCache:
@@ -199,6 +206,12 @@ class DocumentCache:
             operation_name,
             query,
             async_only=_async_only(self.schema, document, operation),
+            definition=operation,
+            fragments={
+                definition.name.value: definition
+                for definition in document.definitions
+                if isinstance(definition, FragmentDefinitionNode)
+            },
         )
         with self._lock:
             prepared = self._prepared.setdefault(key, prepared)
@@ -390,6 +403,36 @@ def _middleware_manager(middleware: Sequence[Any], run_async: RunAsync) -> Middl
     )
 
 
+#: Whether an execution context can be built here from variables coerced
+#: before: written against graphql-core 3.2's ``ExecutionContext`` and ``execute``.
+_PREBUILT = graphql.version_info[:2] == (3, 2)
+_IMMUTABLE = (str, int, float, bool, type(None), enum.Enum)
+
+
+def coerce_variables(
+    schema: GraphQLSchema, prepared: PreparedOperation, variables: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """``variables`` coerced for ``prepared`` once, for ``execute`` to run it many times.
+
+    A subscription runs its document at every notification with the same
+    variables, and coercing them again each time was a tenth of a
+    per-subscriber render (measured). None (coerce at each execution, as
+    graphql-core does) when they do not coerce (the execution then says
+    why), or when a coerced value is a list or an input object: a resolver
+    receives it as its argument and could change it for the next execution.
+    """
+    if not _PREBUILT or prepared.definition is None:
+        return None
+    coerced = get_variable_values(
+        schema, prepared.definition.variable_definitions or (), variables or {}, max_errors=50
+    )
+    if isinstance(coerced, list) or not all(
+        isinstance(value, _IMMUTABLE) for value in coerced.values()
+    ):
+        return None
+    return coerced
+
+
 def _execute_document(
     schema: GraphQLSchema,
     prepared: PreparedOperation,
@@ -398,8 +441,29 @@ def _execute_document(
     root_value: Any,
     middleware: MiddlewareManager | None,
     context_class: type[ExecutionContext] | None = None,
+    coerced: dict[str, Any] | None = None,
 ) -> Any:
-    """graphql-core's ``execute`` of a prepared document: a result, or an awaitable of one."""
+    """graphql-core's ``execute`` of a prepared document: a result, or an awaitable of one.
+
+    With ``coerced`` (from ``coerce_variables``), the execution context is
+    built here, without graphql-core's document scan and variable coercion.
+    """
+    if coerced is not None and prepared.definition is not None:
+        built = (context_class or ExecutionContext)(
+            schema,
+            prepared.fragments,
+            root_value,
+            context,
+            prepared.definition,
+            dict(coerced),  # ``info.variable_values`` of this execution alone
+            default_field_resolver,
+            default_type_resolver,
+            default_field_resolver,
+            [],
+            middleware,
+            None,
+        )
+        return _executed(built, root_value)
     return graphql.execute(
         schema,
         prepared.document,
@@ -412,6 +476,27 @@ def _execute_document(
     )
 
 
+def _executed(context: ExecutionContext, root_value: Any) -> Any:
+    """What graphql-core 3.2's ``execute`` does once its context is built, step for step."""
+    errors = context.errors
+    try:
+        result = context.execute_operation(context.operation, root_value)
+    except GraphQLError as error:
+        errors.append(error)
+        return context.build_response(None, errors)
+    if context.is_awaitable(result):
+
+        async def await_result() -> ExecutionResult:
+            try:
+                return context.build_response(await result, errors)  # type: ignore[misc]
+            except GraphQLError as error:
+                errors.append(error)
+                return context.build_response(None, errors)
+
+        return await_result()
+    return context.build_response(result, errors)  # type: ignore[arg-type]
+
+
 def execute(
     schema: GraphQLSchema,
     prepared: PreparedOperation,
@@ -421,13 +506,21 @@ def execute(
     middleware: Sequence[Any],
     run_async: RunAsync,
     root_value: Any = None,
+    coerced: dict[str, Any] | None = None,
 ) -> ExecutionResult:
     """Run a prepared query or mutation in this thread and return its result.
 
+    ``coerced``: ``variables`` as ``coerce_variables`` made them, if it did.
     Must not be called from an event loop thread: it blocks.
     """
     result = _execute_document(
-        schema, prepared, variables, context, root_value, _middleware_manager(middleware, run_async)
+        schema,
+        prepared,
+        variables,
+        context,
+        root_value,
+        _middleware_manager(middleware, run_async),
+        coerced=coerced,
     )
     if inspect.isawaitable(result):
         # Only reachable if a resolver escaped the middleware chain; keep the

@@ -27,6 +27,7 @@ from .context import OperationContext, apply_delta
 from .edge import Edge
 from .execution import (
     PreparedOperation,
+    coerce_variables,
     execute,
     execute_on_loop,
     format_result,
@@ -132,8 +133,9 @@ class EmbeddedExecutor:
         context: OperationContext,
         cohort: bytes | None,
     ) -> Any:
+        schema = graphql_schema(consumer.schema)
         return LocalSubscriber(
-            graphql_schema(consumer.schema),
+            schema,
             prepared,
             variables,
             context,
@@ -142,6 +144,7 @@ class EmbeddedExecutor:
             consumer._executor(),
             run_on_loop(asyncio.get_running_loop()),
             _signature(consumer, prepared, variables, cohort),
+            coerce_variables(schema, prepared, variables),
         )
 
 

@@ -50,6 +50,8 @@ class LocalSubscriber:
     run_async: RunAsync
     #: Subscribers with the same signature get the same notification.
     cohort: str | None = None
+    #: ``variables`` coerced once (``execution.coerce_variables``), or None.
+    coerced: dict[str, Any] | None = None
 
 
 def _renderer(subscriber: Subscriber) -> Render:
@@ -64,6 +66,7 @@ def _renderer(subscriber: Subscriber) -> Render:
             middleware=local.middleware,
             run_async=local.run_async,
             root_value=root,
+            coerced=local.coerced,
         )
 
     return render

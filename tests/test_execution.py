@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 import threading
 from typing import Any
 
+import graphene
 import pytest
 from graphql import OperationType
 
 from gqlws.execution import (
     DocumentCache,
     InvalidDocument,
+    coerce_variables,
     execute,
     format_result,
     graphql_schema,
@@ -142,3 +145,83 @@ def test_the_same_request_prepared_twice_is_one_shared_prepared_operation() -> N
     assert cache.prepare(text) is not first  # another operation name, another entry
     with pytest.raises(InvalidDocument):
         cache.prepare(text, "Unknown")
+
+
+def _run(gql: Any, prepared: Any, variables: Any, coerced: Any = None) -> dict[str, Any]:
+    async def main() -> Any:
+        run_async = run_on_loop(asyncio.get_running_loop())
+        return await asyncio.to_thread(
+            execute,
+            gql,
+            prepared,
+            variables=variables,
+            context={},
+            middleware=[],
+            run_async=run_async,
+            coerced=coerced,
+        )
+
+    return format_result(asyncio.run(main()))
+
+
+def test_variables_coerced_once_run_many_executions_without_coercing_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A subscription's document runs at every notification with the same variables.
+    # The module (``graphql.execution.execute`` names the function too).
+    graphql_execute = sys.modules["graphql.execution.execute"]
+    gql = graphql_schema(schema)
+    prepared = DocumentCache(gql).prepare("query($n: String) { hello(name: $n) fail }")
+    coerced = coerce_variables(gql, prepared, {"n": "bob"})
+    assert coerced == {"n": "bob"}
+    calls: list[object] = []
+    original = graphql_execute.get_variable_values
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(graphql_execute, "get_variable_values", counting)
+    results = [_run(gql, prepared, {"n": "bob"}, coerced) for _ in range(3)]
+    assert calls == []
+    # The same result as graphql-core's own path, its errors included.
+    assert results == [_run(gql, prepared, {"n": "bob"})] * 3
+    assert len(calls) == 1
+    assert results[0]["data"] == {"hello": "Hello, bob!", "fail": None}
+    assert results[0]["errors"][0]["path"] == ["fail"]
+
+
+class _Changing(graphene.ObjectType):
+    echo = graphene.String(text=graphene.String(), tags=graphene.List(graphene.String))
+
+    @staticmethod
+    def resolve_echo(root: Any, info: Any, text: str | None = None, tags: Any = None) -> str:
+        answer = f"{text} {tags}"
+        info.variable_values["t"] = "changed"  # what one execution does to its variables
+        if tags is not None:
+            tags.append("changed")
+        return answer
+
+
+def test_an_execution_s_variables_are_its_own() -> None:
+    gql = graphql_schema(graphene.Schema(query=_Changing))
+    cache = DocumentCache(gql)
+    scalar = cache.prepare("query($t: String) { echo(text: $t) }")
+    coerced = coerce_variables(gql, scalar, {"t": "a"})
+    assert coerced == {"t": "a"}
+    assert [_run(gql, scalar, {"t": "a"}, coerced) for _ in range(2)] == [
+        {"data": {"echo": "a None"}}
+    ] * 2
+    # A list (or an input object) reaches a resolver as its argument, which
+    # it may change: such variables are coerced for each execution.
+    listed = cache.prepare("query($g: [String]) { echo(tags: $g) }")
+    assert coerce_variables(gql, listed, {"g": ["x"]}) is None
+
+
+def test_variables_that_do_not_coerce_are_left_to_the_execution_to_report() -> None:
+    gql = graphql_schema(schema)
+    cache = DocumentCache(gql)
+    prepared = cache.prepare("query($s: Float!) { sleep(seconds: $s) }")
+    assert coerce_variables(gql, prepared, {"s": "soon"}) is None
+    assert coerce_variables(gql, prepared, {}) is None
+    assert "errors" in _run(gql, prepared, {"s": "soon"})
