@@ -82,6 +82,7 @@ __all__ = [
     "InvalidDocument",
     "PreparedOperation",
     "coerce_variables",
+    "coerced_variables",
     "document_cache",
     "execute",
     "execute_on_loop",
@@ -430,6 +431,44 @@ def coerce_variables(
         isinstance(value, _IMMUTABLE) for value in coerced.values()
     ):
         return None
+    return coerced
+
+
+#: ``coerced_variables``' entries: (operation, (name, type, value) of each
+#: variable) -> (the prepared operation, its coerced variables or None).
+_coerced: OrderedDict[tuple[int, tuple[Any, ...]], tuple[PreparedOperation, Any]] = OrderedDict()
+_coerced_lock = threading.Lock()
+
+
+def coerced_variables(
+    schema: GraphQLSchema, prepared: PreparedOperation, variables: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """``coerce_variables``, remembered in this process for the same operation and variables.
+
+    For a worker: it renders a subscription's notifications from its
+    registration, decoded again for each event, so it cannot keep the
+    coerced variables with the subscription as an edge does. The key holds
+    each value's type (``1``, ``1.0`` and ``True`` are equal in a dict but
+    coerce differently) and the prepared operation is compared by identity
+    (an id can be reused once the document cache lets it go). Variables
+    that are not hashable (lists, objects) are not remembered: None, as
+    ``coerce_variables`` answers for them anyway.
+    """
+    try:
+        values = tuple(
+            sorted((name, type(value), value) for name, value in (variables or {}).items())
+        )
+        key = (id(prepared), values)
+        entry = _coerced.get(key)  # no lock on a hit: a dict lookup is atomic
+    except TypeError:
+        return None
+    if entry is not None and entry[0] is prepared:
+        return entry[1]  # type: ignore[no-any-return]
+    coerced = coerce_variables(schema, prepared, variables)
+    with _coerced_lock:
+        _coerced[key] = (prepared, coerced)
+        while len(_coerced) > 4096:
+            _coerced.popitem(last=False)
     return coerced
 
 

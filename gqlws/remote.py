@@ -35,6 +35,7 @@ from broadcast import Deliverable, Fabric, Subscriber
 from . import metrics
 from .context import OperationContext, TrackingDict
 from .execution import (
+    coerced_variables,
     document_cache,
     execute,
     execute_on_loop,
@@ -238,6 +239,12 @@ def _run_phase(
         middleware=middleware,
         run_async=run_async,
         root_value=root,
+        # A notification: the same variables as the subscription's every other one.
+        coerced=(
+            coerced_variables(schema, prepared, variables)
+            if isinstance(root, PublishPhase)
+            else None
+        ),
     )
 
 

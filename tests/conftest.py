@@ -151,3 +151,25 @@ async def closed_with(transport: GraphqlWsTransport) -> tuple[int | None, str]:
         for _ in range(10):
             await transport.receive(timeout=5)
     return closed.value.code, closed.value.reason
+
+
+@pytest.fixture
+def graphql_coercions(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The variable coercions graphql-core's ``execute`` makes from now on, one item each.
+
+    An execution built from variables coerced before (``gqlws.execution.
+    coerce_variables``) makes none.
+    """
+    import sys
+
+    # The module: ``graphql.execution.execute`` also names its function.
+    graphql_execute = sys.modules["graphql.execution.execute"]
+    calls: list[object] = []
+    original = graphql_execute.get_variable_values
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(graphql_execute, "get_variable_values", counting)
+    return calls

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Sequence
 
 from broadcast import Delivery, DeliveryKind, EventKind, InMemoryFabric, SharedDelivery
@@ -88,3 +90,52 @@ async def test_five_thousand_identical_subscribers_cost_one_publish_and_one_enco
     finally:
         set_fabric(None)
         assert get_fabric() is not fabric
+
+
+async def test_a_worker_coerces_a_subscription_s_variables_once_for_all_its_notifications(
+    graphql_coercions: list[object],
+) -> None:
+    from gqlws.remote import consumer_path, serialized_snapshot
+    from tests.subscription_schema import SubscriptionConsumer
+
+    fabric = InMemoryFabric()
+    delivered: list[Sequence[Delivery]] = []
+    fabric.attach_edge("a", delivered.append)
+    registration = serialize(
+        {
+            "consumer": consumer_path(SubscriptionConsumer),
+            "query": "subscription($g: String) { onEvent(group: $g) { event } }",
+            "operation_name": None,
+            "variables": {"g": "coerced-once"},
+            "scope": serialized_snapshot({"type": "websocket"}),
+            "op_id": "1",
+            "cohort": None,
+        }
+    )
+    for index in range(5):
+        await fabric.register("a", f"s{index}", ["coerced-once"], registration)
+    for seq in range(3):
+        event = fabric.issue("coerced-once", EventKind.PUBLISH, serialize({"event": f"e{seq}"}))
+        # In a thread, as on a worker: never on an event loop's.
+        count = await asyncio.to_thread(
+            fan_out, fabric, "coerced-once", event.epoch, event.offset, chunk_size=100
+        )
+        assert count == 5
+    received = [json.loads(d.body)["data"]["onEvent"]["event"] for b in delivered for d in b]
+    assert received == [f"e{seq}" for seq in range(3) for _ in range(5)]
+    assert graphql_coercions == []  # 15 notifications, no coercion by graphql-core
+
+
+def test_remembered_variables_tell_values_of_other_types_apart() -> None:
+    from gqlws.execution import coerced_variables, document_cache, graphql_schema
+    from tests.subscription_schema import SubscriptionConsumer
+
+    gql = graphql_schema(SubscriptionConsumer.schema)
+    prepared = document_cache(gql).prepare(
+        'subscription($ms: Int) { onEvent(group: "g", sleepMs: $ms) { event } }'
+    )
+    assert coerced_variables(gql, prepared, {"ms": 1}) == {"ms": 1}
+    # Equal to 1 as a dict key, but not an Int: coerced (and refused) on its own.
+    assert coerced_variables(gql, prepared, {"ms": True}) is None
+    assert coerced_variables(gql, prepared, {"ms": 1}) == {"ms": 1}
+    assert coerced_variables(gql, prepared, {"ms": [1]}) is None  # not hashable
