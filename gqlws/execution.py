@@ -201,18 +201,19 @@ class DocumentCache:
                 else "Must provide operation name if query contains multiple operations."
             )
             raise InvalidDocument([{"message": message}])
+        fragments = {
+            definition.name.value: definition
+            for definition in document.definitions
+            if isinstance(definition, FragmentDefinitionNode)
+        }
         prepared = PreparedOperation(
             document,
             operation.operation,
             operation_name,
             query,
-            async_only=_async_only(self.schema, document, operation),
+            async_only=_async_only(self.schema, fragments, operation),
             definition=operation,
-            fragments={
-                definition.name.value: definition
-                for definition in document.definitions
-                if isinstance(definition, FragmentDefinitionNode)
-            },
+            fragments=fragments,
         )
         with self._lock:
             prepared = self._prepared.setdefault(key, prepared)
@@ -232,9 +233,13 @@ class DocumentCache:
 
 
 def _async_only(
-    schema: GraphQLSchema, document: DocumentNode, operation: OperationDefinitionNode
+    schema: GraphQLSchema,
+    fragments: dict[str, FragmentDefinitionNode],
+    operation: OperationDefinitionNode,
 ) -> bool:
     """Whether every field ``operation`` may resolve has an ``async def`` resolver.
+
+    ``fragments``: the document's fragment definitions, by name.
 
     Walked over concrete types: a field of an interface or union resolves with
     the resolver of the object type it turns out to be, so each possible type
@@ -246,11 +251,6 @@ def _async_only(
     root = schema.get_root_type(operation.operation)
     if root is None:
         return False
-    fragments = {
-        definition.name.value: definition
-        for definition in document.definitions
-        if isinstance(definition, FragmentDefinitionNode)
-    }
     checked: set[tuple[int, str]] = set()  # (selection set, type): fragments reused
 
     def applies(type_name: str | None, object_type: GraphQLObjectType) -> bool:
