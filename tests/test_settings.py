@@ -37,6 +37,7 @@ def test_distributed_mode_without_a_celery_broker_is_rejected() -> None:
         ({"METRICS_PATH": "metrics"}, "GQLWS['METRICS_PATH'] must be None or a URL path"),
         ({"WORKER_METRICS_PORT": 70000}, "GQLWS['WORKER_METRICS_PORT'] must be None or a TCP port"),
         ({"LOG_PAYLOADS": "yes"}, "GQLWS['LOG_PAYLOADS'] must be True or False, got 'yes'"),
+        ({"TUNE_GC": 0}, "GQLWS['TUNE_GC'] must be True or False, got 0"),
         (
             {"EDGE_HEARTBEAT_INTERVAL": 5, "EDGE_HEARTBEAT_TTL": 5},
             "must be longer than GQLWS['EDGE_HEARTBEAT_INTERVAL']",
