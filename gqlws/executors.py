@@ -190,7 +190,7 @@ class CeleryExecutor:
         request.update(phase=phase, edge_id=edge.edge_id, request_id=request_id)
         reply = None if phase == "unsubscribed" else edge.expect_reply(request_id)
         try:
-            await asyncio.to_thread(runtime.send_task, "gqlws.execute", (request,))
+            await runtime.send_task_from_loop("gqlws.execute", (request,))
             if reply is None:
                 return Outcome({"data": None})
             body = await asyncio.wait_for(reply, self.timeout)

@@ -19,12 +19,15 @@ import functools
 import gc
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broadcast import Event, EventKind, Fabric, get_fabric, set_fabric
 
 from . import metrics
 from .settings import Settings, get_settings, reset_settings
+
+if TYPE_CHECKING:
+    from .kombu_redis import LoopPublisher
 
 __all__ = [
     "celery_app",
@@ -34,6 +37,7 @@ __all__ = [
     "renotify",
     "reset",
     "send_task",
+    "send_task_from_loop",
     "settings",
     "tune_gc",
     "tune_gc_signal",
@@ -69,6 +73,7 @@ def reset() -> None:
         reset_settings()
         set_fabric(None)
         _celery_app.cache_clear()
+        _loop_publisher.cache_clear()
         _configured = False
 
 
@@ -156,21 +161,58 @@ def celery_app() -> Any:
         return _celery_app()
 
 
-def send_task(name: str, args: tuple[Any, ...]) -> None:
-    """Send a gqlws task to the workers (msgpack: payloads and snapshots are bytes).
+@functools.lru_cache(maxsize=1)
+def _loop_publisher() -> LoopPublisher | None:
+    from .kombu_redis import TRANSPORT, LoopPublisher
+
+    app = celery_app()
+    return LoopPublisher(app) if app.conf.broker_transport == TRANSPORT else None
+
+
+def _task_options(args: tuple[Any, ...]) -> dict[str, Any]:
+    """``send_task`` options of a gqlws task (msgpack: payloads and snapshots are bytes).
 
     ``argsrepr``: Celery would otherwise compute a ``repr`` of the arguments
     for monitoring on every send (~100 us of a query's round trip, measured),
     and show connection scopes (cookies, headers) to whoever reads its events.
     """
-    celery_app().send_task(
-        name,
-        args=args,
-        queue=settings().CELERY_QUEUE,
-        serializer="msgpack",
-        argsrepr=f"({len(args)} gqlws arguments)",
-        kwargsrepr="{}",
-    )
+    return {
+        "queue": settings().CELERY_QUEUE,
+        "serializer": "msgpack",
+        "argsrepr": f"({len(args)} gqlws arguments)",
+        "kwargsrepr": "{}",
+    }
+
+
+def send_task(name: str, args: tuple[Any, ...]) -> None:
+    """Send a gqlws task to the workers."""
+    celery_app().send_task(name, args=args, **_task_options(args))
+
+
+async def send_task_from_loop(name: str, args: tuple[Any, ...]) -> None:
+    """``send_task`` from an event loop: pushed from the loop where it can be, else in a thread.
+
+    ``kombu_redis.LoopPublisher`` sends the task from the loop once it has
+    learned its message from the first one Celery sent (in a thread, as
+    every send where it cannot: another broker or transport, an observer of
+    Celery's publish signals). A push that fails is sent by Celery instead,
+    with its retry policy.
+    """
+    from redis.exceptions import RedisError
+
+    publisher = _loop_publisher()
+    options = _task_options(args)
+    if publisher is not None and publisher.knows(name, options):
+        try:
+            await publisher.send(name, args, options)
+            return
+        except RedisError as error:
+            LOG.debug("Pushing task %s failed (%r): sending it with Celery", name, error)
+    if publisher is None:
+        await asyncio.to_thread(send_task, name, args)
+    else:
+        send = functools.partial(send_task, name, args)
+        await asyncio.to_thread(publisher.learn, name, args, options, send)
 
 
 def issue(group: str, kind: EventKind, payload: bytes) -> Event:
