@@ -34,6 +34,14 @@ Twisted's own ``writeSomeData``; what the socket does not take, or an error,
 goes to Twisted's ``write`` as before, which keeps the order and handles a
 lost connection. Anything else takes Daphne's path unchanged.
 
+Fourth, the HTTP request a WebSocket was upgraded from. Daphne hands the
+TCP transport to its WebSocket protocol, but Twisted's HTTP channel stays
+registered as the transport's producer, holding the request, its headers
+and its body buffer until the socket closes (~2 KiB per connection,
+tracemalloc). Once the WebSocket is accepted, the patch unregisters the
+channel and empties its request list; the upgraded request never finishes,
+so that producer never paused or resumed the transport anyway.
+
 Applied when the consumer module is imported in a process where Daphne's
 protocol module is loaded (the ``daphne`` command and ``runserver`` load it
 before the application), and idempotent.
@@ -116,6 +124,30 @@ def _send_text(protocol: Any, text: str, connection: Any) -> bool:
     return True
 
 
+def _release_upgrade(protocol: Any, channel_class: Any) -> None:
+    """Let go of the HTTP request a WebSocket was upgraded from (~2 KiB per connection).
+
+    Daphne upgrades by handing the TCP transport to the WebSocket protocol,
+    but Twisted's HTTP channel stays registered as the transport's producer
+    and keeps the request, its headers and its body buffer for as long as
+    the socket is open. Once upgraded, that channel does nothing a producer
+    would: its request is never finished, so it never pauses or resumes the
+    transport. Unregistered and emptied, channel and request are freed.
+    """
+    transport = getattr(protocol, "transport", None)
+    channel = getattr(transport, "producer", None)
+    if (
+        not isinstance(channel, channel_class)
+        or channel.transport is not transport
+        or transport.protocol is not protocol
+        or not channel._handlingRequest
+        or channel._requestProducer is not None
+    ):
+        return
+    transport.unregisterProducer()
+    del channel.requests[:]
+
+
 def _utf8_truncated(reason: str, limit: int = 123) -> bytes:
     return reason.encode("utf-8")[:limit].decode("utf-8", "ignore").encode("utf-8")
 
@@ -132,6 +164,7 @@ def patch_daphne(max_send_buffer: int | None = None) -> bool:
         return True
     original = protocol.handle_reply
     from twisted.internet.tcp import Connection  # loaded with Daphne
+    from twisted.web.http import HTTPChannel
 
     def handle_reply(self: Any, message: dict[str, Any]) -> Any:
         kind = message.get("type")
@@ -143,6 +176,13 @@ def patch_daphne(max_send_buffer: int | None = None) -> bool:
                     code=int(code), reasonUtf8=_utf8_truncated(reason) or None, isReply=False
                 )
                 return None
+        if kind == "websocket.accept":
+            result = original(self, message)
+            try:
+                _release_upgrade(self, HTTPChannel)
+            except AttributeError:  # a Twisted this was not written for: it keeps them
+                pass
+            return result
         if kind != "websocket.send":
             return original(self, message)
         text = message.get("text")

@@ -48,6 +48,9 @@ class Query(graphene.ObjectType):
         key=graphene.String(required=True), description="Holds its thread until released"
     )
     async_release = graphene.String(key=graphene.String(required=True))
+    twisted_requests_alive = graphene.Int(
+        description="Twisted HTTP requests alive in this process (Daphne: what WebSockets hold)"
+    )
 
     @staticmethod
     def resolve_hello(root: Any, info: Any, name: str) -> str:
@@ -102,6 +105,15 @@ class Query(graphene.ObjectType):
     async def resolve_async_release(root: Any, info: Any, key: str) -> str:
         _release(key).set()
         return "done"
+
+    @staticmethod
+    async def resolve_twisted_requests_alive(root: Any, info: Any) -> int:
+        import gc
+
+        from twisted.web.http import Request
+
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, Request))
 
     @staticmethod
     def resolve_context_value(root: Any, info: Any, key: str) -> str | None:

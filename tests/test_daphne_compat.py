@@ -5,10 +5,13 @@ reactor (which only records what Twisted registers with it) and a stand-in
 for Daphne's Autobahn protocol holding the state the short path reads.
 Daphne's whole path, end to end, is what every test over a real Daphne
 process takes (``daphne_server``, the transport matrix, the slow client).
+The HTTP request a WebSocket was upgraded from is let go: checked in a real
+Daphne process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections import deque
 from collections.abc import Iterator
@@ -19,7 +22,9 @@ import pytest
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.tcp import Connection
 
+import gqlws
 from gqlws.daphne_compat import _buffered, _send_text
+from tests.processes import ServerProcess
 
 
 class _Reactor:
@@ -174,3 +179,26 @@ def test_a_transport_that_is_not_plain_tcp_leaves_the_frame_to_daphne(
     del protocol.send_queue
     transport.disconnecting = False
     assert not _send_text(protocol, "hello", Connection)
+
+
+async def test_an_open_websocket_holds_no_http_request(daphne_server: ServerProcess) -> None:
+    # Without the release, Twisted's HTTP channel keeps each upgraded
+    # connection's request (its headers, its body buffer) until the socket
+    # closes: one per open connection (~2 KiB each). Daphne itself lets go
+    # of its own reference to the request within a second (its checker).
+    url = f"ws://127.0.0.1:{daphne_server.port}/graphql/"
+    clients = [gqlws.GraphqlWsClient(gqlws.GraphqlWsTransportAiohttp(url)) for _ in range(5)]
+    alive = []
+    try:
+        for client in clients:
+            await client.connect_and_init()
+        for _ in range(20):
+            result = await clients[0].execute("{ twistedRequestsAlive }")
+            alive.append(result["data"]["twistedRequestsAlive"])
+            if alive[-1] == 0:
+                break
+            await asyncio.sleep(0.25)
+    finally:
+        for client in clients:
+            await client.finalize()
+    assert alive[-1] == 0, f"HTTP requests alive, polled every 0.25 s: {alive}"
