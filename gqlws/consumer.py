@@ -51,6 +51,7 @@ from .operation import Operation, TaskGroup
 from .outbox import Disconnected, Outbox, OverflowPolicy
 from .pool import executor_for
 from .subscriptions import SubscriptionsMixin
+from .uvicorn_compat import patch_uvicorn
 
 __all__ = ["GraphqlWsConsumer"]
 
@@ -61,6 +62,7 @@ _MAX_CLOSE_REASON = 123
 
 
 patch_daphne()  # close codes 1008/1009/1012/1013 and reasons under Daphne
+patch_uvicorn()  # handshake headers let go of once open, under uvicorn
 
 #: One rule class per limits pair, so that document caches are shared by key.
 _limit_rule = functools.lru_cache(maxsize=None)(depth_and_complexity_rule)
@@ -262,6 +264,7 @@ class GraphqlWsConsumer(SubscriptionsMixin, AsyncWebsocketConsumer):
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         settings = runtime.settings()
         patch_daphne(settings.MAX_SEND_BUFFER)  # in case Daphne was loaded after this module
+        patch_uvicorn()
         drain.install(settings.DRAIN_GRACE)
         session = protocol.negotiate(self.scope.get("subprotocols") or [])
         self._outbox.start()

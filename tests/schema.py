@@ -51,6 +51,9 @@ class Query(graphene.ObjectType):
     twisted_requests_alive = graphene.Int(
         description="Twisted HTTP requests alive in this process (Daphne: what WebSockets hold)"
     )
+    handshake_headers_alive = graphene.Int(
+        description="Non-empty websockets header collections alive here (uvicorn's handshakes)"
+    )
 
     @staticmethod
     def resolve_hello(root: Any, info: Any, name: str) -> str:
@@ -114,6 +117,15 @@ class Query(graphene.ObjectType):
 
         gc.collect()
         return sum(1 for o in gc.get_objects() if isinstance(o, Request))
+
+    @staticmethod
+    async def resolve_handshake_headers_alive(root: Any, info: Any) -> int:
+        import gc
+
+        from websockets.datastructures import Headers
+
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, Headers) and len(o))
 
     @staticmethod
     def resolve_context_value(root: Any, info: Any, key: str) -> str | None:
