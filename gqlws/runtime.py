@@ -196,7 +196,8 @@ async def send_task_from_loop(name: str, args: tuple[Any, ...]) -> None:
     learned its message from the first one Celery sent (in a thread, as
     every send where it cannot: another broker or transport, an observer of
     Celery's publish signals). A push that fails is sent by Celery instead,
-    with its retry policy.
+    with its retry policy. As with that policy's own retries, a push whose
+    connection broke after Redis had taken it is then sent twice.
     """
     from redis.exceptions import RedisError
 
